@@ -1,0 +1,164 @@
+"""Experiment configs: the defaults every experiment starts from, lookup by name, and validation.
+
+An experiment is a Python file in `experiments/` whose `get_config()` returns a `ConfigDict`
+(the Flax-examples / big_vision convention). It starts from `default_config()` and changes
+only what its tutorial changes, so the file reads as the diff from a plain Keras setup.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+
+# Modules in experiments/ that are tools, not configs.
+_NOT_CONFIGS = {"benchmark", "common"}
+
+
+class ConfigError(ValueError):
+  """A config that cannot be run; the message says what is wrong and how to fix it."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # one integer seeds init, shuffling and dropout
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"  # a tfds image-classification dataset name
+  config.data.source = "auto"  # auto (tfds if installed, else idx) | tfds | idx
+  config.data.idx_dir = ""  # IDX files; "" = the repo's data/<name>
+  config.data.tfds_dir = ""  # tfds data_dir; "" = the repo's data/tfds
+  config.data.preprocess = "scale"  # scale (/255) | l2_rows (keras.utils.normalize) | raw
+  # none | train_tail (Keras validation_split: the LAST fraction of the training set)
+  # | test_halves (test set split in two with a seed, like train_test_split) | test
+  config.data.validation = "none"
+  config.data.validation_fraction = 0.2  # for train_tail
+  config.data.validation_seed = 1  # for test_halves (sklearn random_state)
+  config.data.train_subset = 0  # >0: use only the first N training examples (quick runs, tests)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.hidden_sizes = (100,)
+  config.model.activation = "relu"  # relu | sigmoid | tanh | gelu | elu | swish
+  config.model.dropout = ()  # a rate after each hidden layer, e.g. (0.5, 0.5); () = none
+  config.model.input_dropout = 0.0
+  config.model.input_batchnorm = False  # BatchNorm on the flattened input (T4)
+  config.model.batchnorm_momentum = 0.99
+  config.model.batchnorm_epsilon = 1e-3
+  config.model.kernel_init = "glorot_uniform"  # Keras's Dense default
+  config.model.num_classes = 10
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"  # adam | adamw | rmsprop | sgd
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.b1 = 0.9  # adam, adamw
+  config.optimizer.b2 = 0.999  # adam, adamw
+  config.optimizer.eps = 1e-7  # Keras's epsilon (optax defaults to 1e-8)
+  config.optimizer.rho = 0.9  # rmsprop decay
+  config.optimizer.momentum = 0.0  # sgd, rmsprop
+  config.optimizer.nesterov = False  # sgd
+  config.optimizer.weight_decay = 0.0  # adamw (decoupled)
+  config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.grad_clip_norm = 0.0  # >0: clip the global gradient norm
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 5
+  config.train.batch_size = 32  # Keras fit's default
+  config.train.eval_batch_size = 2000
+  config.train.label_smoothing = 0.0
+  config.train.checkpoint_every = 1  # epochs between checkpoints
+  config.train.keep_checkpoints = 2
+  return config
+
+
+def available() -> list[str]:
+  """Names accepted by `--config=NAME`."""
+  return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")
+                if not p.stem.startswith("_") and p.stem not in _NOT_CONFIGS)
+
+
+def resolve(name_or_path: str) -> pathlib.Path:
+  """`adam_mlp` -> experiments/adam_mlp.py; a path to a .py file is taken as it is."""
+  path = pathlib.Path(name_or_path)
+  if path.suffix == ".py" or "/" in name_or_path:
+    if path.is_file():
+      return path
+    raise ConfigError(f"Config file {name_or_path!r} does not exist. "
+                      f"Give a path to a .py file with get_config(), or one of: "
+                      f"{', '.join(available())}.")
+  candidate = EXPERIMENTS_DIR / f"{name_or_path}.py"
+  if candidate.is_file() and name_or_path not in _NOT_CONFIGS:
+    return candidate
+  raise ConfigError(f"Unknown config {name_or_path!r}. Available configs: "
+                    f"{', '.join(available())}. A path to a .py file with get_config() works too.")
+
+
+def load(name_or_path: str) -> ml_collections.ConfigDict:
+  """The config of an experiment, by name or path, validated."""
+  path = resolve(name_or_path)
+  spec = importlib.util.spec_from_file_location(f"mnist_jax_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config() function returning a ConfigDict.")
+  config = module.get_config()
+  validate(config)
+  return config
+
+
+_CHOICES = {
+    ("data", "source"): ("auto", "tfds", "idx"),
+    ("data", "preprocess"): ("scale", "l2_rows", "raw"),
+    ("data", "validation"): ("none", "train_tail", "test_halves", "test"),
+    ("model", "activation"): ("relu", "sigmoid", "tanh", "gelu", "elu", "swish"),
+    ("model", "kernel_init"): ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+                               "lecun_uniform", "lecun_normal"),
+    ("optimizer", "name"): ("adam", "adamw", "rmsprop", "sgd"),
+    ("optimizer", "schedule"): ("constant", "cosine", "warmup_cosine"),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raise ConfigError for values that would crash deep inside JAX or train silently wrong."""
+  problems = []
+  for (group, key), choices in _CHOICES.items():
+    value = config[group][key]
+    if value not in choices:
+      problems.append(f"config.{group}.{key}={value!r} is not one of {', '.join(choices)}.")
+
+  def require(ok, message):
+    if not ok:
+      problems.append(message)
+
+  train, model, opt, data = config.train, config.model, config.optimizer, config.data
+  require(train.epochs >= 1, f"config.train.epochs={train.epochs} must be at least 1.")
+  require(train.batch_size >= 1, f"config.train.batch_size={train.batch_size} must be positive.")
+  require(train.eval_batch_size >= 1,
+          f"config.train.eval_batch_size={train.eval_batch_size} must be positive.")
+  require(opt.learning_rate > 0,
+          f"config.optimizer.learning_rate={opt.learning_rate} must be positive.")
+  require(0 <= opt.warmup_epochs < train.epochs or opt.schedule != "warmup_cosine",
+          f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be in [0, epochs).")
+  require(0 <= train.label_smoothing < 1,
+          f"config.train.label_smoothing={train.label_smoothing} must be in [0, 1).")
+  require(train.checkpoint_every >= 1,
+          f"config.train.checkpoint_every={train.checkpoint_every} must be at least 1.")
+  require(train.keep_checkpoints >= 1,
+          f"config.train.keep_checkpoints={train.keep_checkpoints} must be at least 1.")
+  require(all(int(h) >= 1 for h in model.hidden_sizes),
+          f"config.model.hidden_sizes={tuple(model.hidden_sizes)} must be positive integers.")
+  rates = tuple(model.dropout) + (model.input_dropout,)
+  require(all(0 <= r < 1 for r in rates),
+          f"dropout rates {rates} must each be in [0, 1): a rate of 1 drops everything.")
+  require(len(model.dropout) in (0, len(model.hidden_sizes)),
+          f"config.model.dropout={tuple(model.dropout)} needs one rate per hidden layer "
+          f"({len(model.hidden_sizes)}), or () for none.")
+  require(0 < data.validation_fraction < 1,
+          f"config.data.validation_fraction={data.validation_fraction} must be in (0, 1).")
+  require(data.train_subset >= 0,
+          f"config.data.train_subset={data.train_subset} must be >= 0 (0 = all).")
+  if problems:
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,131 @@
+"""Train an experiment: `python -m mnist_jax.main --config=adam_mlp [--config.train.epochs=3] [--workdir=DIR]`.
+
+The only module that reads flags. `--config` takes a name from experiments/ or a path to a config
+file; `--config.a.b=value` overrides any field.
+"""
+
+import logging
+import os
+import pathlib
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from mnist_jax import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment: a name in experiments/ "
+                                          "(e.g. adam_mlp) or a path to a config .py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes its files. Default: "
+                               "runs/<config name> (runs/<name>-2, -3, ... once that one finished).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and "
+                               "train again (otherwise a finished run is never overwritten).")
+
+log = logging.getLogger("mnist_jax")
+
+
+def _fail(message: str, code: int = 2):
+  print(f"\nERROR: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _config_name_to_path(argv: list[str]) -> list[str]:
+  """Let `--config=NAME` mean experiments/NAME.py; unknown names list the available ones."""
+  out = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+      out.append(f"--config={config_lib.resolve(value)}")
+    elif arg == "--config" and i + 1 < len(argv):
+      out.append("--config")  # the value follows; resolved below
+    elif i > 0 and argv[i - 1] == "--config":
+      out.append(str(config_lib.resolve(arg)))
+    else:
+      out.append(arg)
+  return out
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a one-paragraph error instead of a traceback for bad configs."""
+  try:
+    rest = flags.FLAGS(_config_name_to_path(argv))
+    cfg = _CONFIG.value  # raises here for a broken config file
+    if cfg is None:
+      raise config_lib.ConfigError("--config is required, e.g. --config=adam_mlp. Available: "
+                                   + ", ".join(config_lib.available()) + ".")
+    config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+  except flags.Error as e:
+    _fail(f"{e}\nRun with --helpfull to see all flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections reports an unknown override (--config.train.epoch=3) this way.
+    message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
+    _fail(f"Bad --config override: {message}. Overrides must name an existing field, e.g. "
+          f"--config.train.epochs=3; see the experiment file or mnist_jax/config.py for fields.")
+  return rest
+
+
+def _default_workdir(config_arg: str, config) -> pathlib.Path:
+  """runs/<name>; when that holds a finished or different run, the next free runs/<name>-K."""
+  import json  # pylint: disable=import-outside-toplevel
+  from mnist_jax import train  # pylint: disable=import-outside-toplevel
+  name = pathlib.Path(config_arg).stem
+  base = pathlib.Path("runs") / name
+  candidate, k = base, 1
+  while (candidate / "config.json").exists():
+    same = json.loads((candidate / "config.json").read_text()) == json.loads(train._config_json(config))  # pylint: disable=protected-access
+    if same and not (candidate / "summary.json").exists():
+      break  # an unfinished run of this config: resume it
+    k += 1
+    candidate = base.with_name(f"{name}-{k}")
+  return candidate
+
+
+def _setup_logging():
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
+  handler = logging.StreamHandler(sys.stdout)
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  log.handlers[:] = [handler]
+  log.setLevel(logging.INFO)
+  log.propagate = False
+
+
+def _setup_jax():
+  """Compiled programs are cached on disk, so a second run of a config skips compilation."""
+  import jax  # pylint: disable=import-outside-toplevel
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                         str(pathlib.Path.home() / ".cache" / "mnist_jax" / "jax"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"Unexpected arguments {argv[1:]}: flags are written --name=value.")
+  _setup_logging()
+  _setup_jax()
+  import jax  # pylint: disable=import-outside-toplevel
+  from mnist_jax import checkpoints, data, train  # pylint: disable=import-outside-toplevel
+
+  config = _CONFIG.value
+  config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_arg, config)
+  log.info("Config %s -> workdir %s (JAX %s on %s)", config_arg, workdir, jax.__version__,
+           ", ".join(sorted({d.platform.upper() for d in jax.devices()})))
+  try:
+    train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+  except (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,
+          train.TrainingDiverged) as e:
+    _fail(str(e), code=1)
+  except train.RunInterrupted as e:
+    print(f"\n{e}", file=sys.stderr)
+    sys.exit(130)
+  log.info("Results in %s", workdir)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,66 @@
+"""The multilayer perceptron, as a Flax linen module built from `config.model`."""
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "sigmoid": nn.sigmoid,
+    "tanh": jnp.tanh,
+    "gelu": nn.gelu,
+    "elu": nn.elu,
+    "swish": nn.swish,
+}
+
+KERNEL_INITS = {
+    "glorot_uniform": nn.initializers.glorot_uniform(),  # Keras Dense default
+    "glorot_normal": nn.initializers.glorot_normal(),
+    "he_uniform": nn.initializers.he_uniform(),
+    "he_normal": nn.initializers.he_normal(),
+    "lecun_uniform": nn.initializers.lecun_uniform(),
+    "lecun_normal": nn.initializers.lecun_normal(),  # Flax Dense default
+}
+
+
+class MLP(nn.Module):
+  """Flatten -> [BatchNorm] -> [Dropout] -> (Dense -> activation -> [Dropout])* -> Dense logits.
+
+  Returns logits: the softmax of the Keras models lives in the loss, which is the same function
+  computed stably.
+  """
+  hidden_sizes: Sequence[int]
+  activation: str = "relu"
+  dropout: Sequence[float] = ()
+  input_dropout: float = 0.0
+  input_batchnorm: bool = False
+  batchnorm_momentum: float = 0.99
+  batchnorm_epsilon: float = 1e-3
+  kernel_init: str = "glorot_uniform"
+  num_classes: int = 10
+
+  @classmethod
+  def from_config(cls, model_config) -> "MLP":
+    return cls(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                  for k, v in model_config.items()})
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, mask: Optional[jax.Array] = None):
+    """`mask` (batch,) marks real examples, so padding never enters BatchNorm's statistics."""
+    x = images.reshape(images.shape[0], -1).astype(jnp.float32)
+    if self.input_batchnorm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.batchnorm_momentum,
+                       epsilon=self.batchnorm_epsilon, name="input_batchnorm")(
+                           x, mask=None if mask is None else mask[:, None] > 0)
+    if self.input_dropout:
+      x = nn.Dropout(self.input_dropout, deterministic=not train, name="input_dropout")(x)
+    init = KERNEL_INITS[self.kernel_init]
+    rates = tuple(self.dropout) or (0.0,) * len(self.hidden_sizes)
+    for i, (width, rate) in enumerate(zip(self.hidden_sizes, rates)):
+      x = nn.Dense(width, kernel_init=init, name=f"dense_{i}")(x)
+      x = ACTIVATIONS[self.activation](x)
+      if rate:
+        x = nn.Dropout(rate, deterministic=not train, name=f"dropout_{i}")(x)
+    return nn.Dense(self.num_classes, kernel_init=init, name="logits")(x)

@@ -1,0 +1,52 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import config as config_lib
+from mnist_jax import train
+
+# Parameter counts as Keras's model.summary() reports them (BatchNorm counts its moving statistics).
+KERAS_PARAMS = {
+    "adam_mlp": (79_510, 0),  # T0: 784*100+100 + 100*10+10
+    "adam_mlp_784": (623_290, 0),  # T1 A
+    "adam_mlp_784_dropout": (718_800, 0),  # T1 B
+    "rmsprop_mlp": (407_050, 0),  # T2
+    "sigmoid_mlp": (535_818, 0),  # T3
+    "sgd_bn_mlp": (188_436, 1_568),  # T4: BN 4*784, half non-trainable
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_tutorial_parameter_counts_and_shapes(name):
+  config = config_lib.load(name)
+  state = train.create_train_state(jax.random.key(0), config)
+  trainable = sum(p.size for p in jax.tree.leaves(state.params))
+  non_trainable = sum(p.size for p in jax.tree.leaves(state.batch_stats))
+  total, expected_non_trainable = KERAS_PARAMS[name]
+  assert (trainable + non_trainable, non_trainable) == (total, expected_non_trainable)
+  widths = [state.params[k]["kernel"].shape[1] for k in state.params if k.startswith("dense")]
+  assert tuple(widths) == tuple(config.model.hidden_sizes)
+  logits = train.predict_logits(state, jnp.zeros((3, 28, 28)))
+  assert logits.shape == (3, 10)
+  assert f"{total:,}" in train.model_summary(state, config)
+
+
+def test_glorot_uniform_init_bounds():
+  config = config_lib.load("rmsprop_mlp")
+  state = train.create_train_state(jax.random.key(0), config)
+  kernel = np.asarray(state.params["dense_0"]["kernel"])
+  limit = np.sqrt(6 / (784 + 512))
+  assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.95 * limit
+  assert not np.any(state.params["dense_0"]["bias"])  # Keras: zero biases
+
+
+def test_dropout_is_active_only_in_training():
+  config = config_lib.load("adam_mlp_784_dropout")
+  state = train.create_train_state(jax.random.key(0), config)
+  x = jnp.ones((4, 784))
+  variables = {"params": state.params}
+  deterministic = [state.apply_fn(variables, x, train=False) for _ in range(2)]
+  np.testing.assert_array_equal(deterministic[0], deterministic[1])
+  dropped = state.apply_fn(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(dropped, deterministic[0])
