@@ -64,6 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.grad_clip_norm = 0.0  # >0: clip the global gradient norm
 
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.num_devices = 0  # devices on the "data" axis (batch sharded); 0 = all visible
+
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 5
   config.train.batch_size = 32  # Keras fit's default
@@ -158,6 +161,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"({len(model.hidden_sizes)}), or () for none.")
   require(0 < data.validation_fraction < 1,
           f"config.data.validation_fraction={data.validation_fraction} must be in (0, 1).")
+  require(config.mesh.num_devices >= 0,
+          f"config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all devices).")
   require(data.train_subset >= 0,
           f"config.data.train_subset={data.train_subset} must be >= 0 (0 = all).")
   if problems:
