@@ -25,6 +25,10 @@ def default_config() -> ml_collections.ConfigDict:
   """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # one integer seeds init, shuffling and dropout
+  # Replicas trained together in one vmapped program: seeds seed, seed+1, ..., x the sweep grid.
+  config.num_seeds = 1
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.learning_rate = ()  # e.g. (1e-3, 3e-3, 1e-2); () = config.optimizer.learning_rate
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"  # a tfds image-classification dataset name
@@ -163,6 +167,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.data.validation_fraction={data.validation_fraction} must be in (0, 1).")
   require(config.mesh.num_devices >= 0,
           f"config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all devices).")
+  require(config.num_seeds >= 1, f"config.num_seeds={config.num_seeds} must be at least 1.")
+  require(all(lr > 0 for lr in config.sweep.learning_rate),
+          f"config.sweep.learning_rate={tuple(config.sweep.learning_rate)} must all be positive.")
+  require(not config.sweep.learning_rate or opt.schedule == "constant",
+          "config.sweep.learning_rate needs config.optimizer.schedule='constant' (a schedule "
+          "recomputes the learning rate every step).")
   require(data.train_subset >= 0,
           f"config.data.train_subset={data.train_subset} must be >= 0 (0 = all).")
   if problems:
