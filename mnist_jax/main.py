@@ -22,6 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes its files.
                                "runs/<config name> (runs/<name>-2, -3, ... once that one finished).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and "
                                "train again (otherwise a finished run is never overwritten).")
+_REPORT = flags.DEFINE_bool("report", True, "When training finishes, write the run's report "
+                            "(figures, report.md, TensorBoard scalars) into the workdir; "
+                            "`python -m mnist_jax.report` (re)builds it at any time.")
 
 log = logging.getLogger("mnist_jax")
 
@@ -118,6 +121,9 @@ def main(argv):
            ", ".join(sorted({d.platform.upper() for d in jax.devices()})))
   try:
     train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+    if _REPORT.value:
+      from mnist_jax import report  # pylint: disable=import-outside-toplevel
+      log.info("Report: %s", report.build(workdir))
   except (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,
           train.TrainingDiverged) as e:
     _fail(str(e), code=1)
