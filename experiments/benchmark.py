@@ -1,0 +1,674 @@
+"""Side-by-side training benchmark: mnist_jax against Keras 3 (TensorFlow and JAX backends) and PyTorch.
+
+    python experiments/benchmark.py            # or: python -m experiments.benchmark, ./run.sh bench
+    python experiments/benchmark.py --configs=rmsprop_mlp --epochs=2 --repeats=1 --skip_launch
+
+For each config (default: adam_mlp, rmsprop_mlp, sigmoid_mlp) and each repeat, every system trains
+the same model (layers, activations, glorot-uniform init, optimizer and its hyperparameters, batch
+size) on the same preprocessed arrays for --epochs epochs, one system after the other (interleaved,
+so machine noise spreads over all of them). Each run is a fresh subprocess of this script
+(`--worker=SYSTEM`): Keras fixes its backend per process, and every system starts equally cold.
+
+  mnist_jax  our trainer's own compiled epoch, `train.train_epoch`, on the device-resident data of
+             `data.load` + `train.DeviceData.put` and the state of `train.create_train_state`: the
+             code path of `python -m mnist_jax.main` (without its persistent compilation cache, so
+             the first epoch includes a real compilation). Each epoch is timed to
+             `jax.block_until_ready`.
+  keras_tf   Keras 3, TensorFlow backend: Sequential of Dense layers, softmax output,
+  keras_jax  sparse categorical cross-entropy, metrics=["accuracy"], compiled with Keras's defaults
+             (jit_compile="auto"), one `model.fit(epochs=N, shuffle=True, verbose=0)`; a callback
+             records the epoch boundaries (the first epoch is timed from the call to fit).
+  torch      PyTorch: nn.Sequential, torch.optim with Keras's hyperparameters, a plain loop over
+             `torch.randperm` batches (no DataLoader).
+
+A system whose packages are missing is reported as "not installed" and skipped.
+
+Reported per config and system: first-epoch seconds (includes compilation/tracing), steady-state
+s/epoch min and median (all epochs but the first, over all repeats), our median / the system's median,
+test accuracy, achieved GFLOP/s and its fraction of this machine's fp32 matmul peak (jnp.dot on
+2048x2048, measured in the same run). FLOPs are those really done per example: 2 per multiply-add in
+the forward pass, the same again for the weight gradients, and the same again for the gradients of
+each layer's input except the first (no gradient for the images): 6*sum(in*out) - 2*in0*out0.
+
+Also measured (skip with --skip_launch): launch-to-result, the wall time of
+`python -m mnist_jax.main --config=adam_mlp` from process start to exit, the first with an empty
+JAX compilation cache, the later ones using it.
+
+Writes benchmark.json (everything, raw epoch times included) and benchmark.md (the table) to --out.
+"""
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python experiments/benchmark.py` puts experiments/ first
+  sys.path.insert(0, str(REPO_ROOT))
+
+SYSTEMS = ("mnist_jax", "keras_tf", "keras_jax", "torch")
+DEFAULT_CONFIGS = ("adam_mlp", "rmsprop_mlp", "sigmoid_mlp")
+# Python modules each system needs; a missing one means "not installed", never an error.
+REQUIRES = {
+    "mnist_jax": ("jax", "flax", "optax"),
+    "keras_tf": ("keras", "tensorflow"),
+    "keras_jax": ("keras", "jax"),
+    "torch": ("torch",),
+}
+MARKER = "BENCHMARK_JSON "  # worker stdout lines carrying results start with this
+
+
+def emit(record: dict) -> None:
+  print(MARKER + json.dumps(record), flush=True)
+
+
+def quiet_env() -> dict:
+  env = dict(os.environ)
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Model description shared by all systems
+
+
+def load_config(name: str):
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.load(name)
+
+
+def layer_sizes(cfg, input_dim: int = 784) -> list[int]:
+  return [input_dim, *[int(h) for h in cfg.model.hidden_sizes], int(cfg.model.num_classes)]
+
+
+def flops_per_example(sizes: list[int]) -> int:
+  """Training FLOPs really done per example: forward, weight gradients, input gradients but the first."""
+  macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+  return 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
+
+
+def peer_support(cfg) -> str:
+  """'' if the peers can build this config exactly, else why not."""
+  m, o = cfg.model, cfg.optimizer
+  problems = []
+  if m.input_batchnorm or m.input_dropout:
+    problems.append("input BatchNorm/Dropout")
+  if m.kernel_init != "glorot_uniform":
+    problems.append(f"kernel_init={m.kernel_init}")
+  if o.name not in ("adam", "rmsprop", "sgd") or o.schedule != "constant" or o.grad_clip_norm:
+    problems.append(f"optimizer {o.name}/{o.schedule}/clip={o.grad_clip_norm}")
+  if cfg.train.label_smoothing:
+    problems.append("label smoothing")
+  return ", ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: each runs in its own process and prints MARKER lines
+
+
+def worker_prepare(args) -> None:
+  """Load and preprocess each config's splits exactly as mnist_jax does; save them as .npz."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mnist_jax import data  # pylint: disable=import-outside-toplevel
+  out = pathlib.Path(args.arrays_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  for name in args.configs.split(","):
+    cfg = load_config(name)
+    path = out / f"{name}.npz"
+    splits = data.load(cfg.data)
+    np.savez(path,
+             x_train=np.asarray(data.preprocess(splits.train.images, cfg.data.preprocess), np.float32),
+             y_train=splits.train.labels.astype(np.int32),
+             x_test=np.asarray(data.preprocess(splits.test.images, cfg.data.preprocess), np.float32),
+             y_test=splits.test.labels.astype(np.int32))
+    emit({"config": name, "arrays": str(path), "source": splits.source,
+          "train": len(splits.train), "test": len(splits.test)})
+
+
+def worker_peak(args) -> None:
+  """Best fp32 matmul rate of jnp.dot on n x n (jit), and what JAX runs on."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_enable_compilation_cache", False)
+  n = args.peak_size
+  kx, ky = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (n, n), jnp.float32)
+  y = jax.random.normal(ky, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(x, y))
+  started = time.perf_counter()
+  jax.block_until_ready(dot(x, y))
+  inner = max(1, int(0.05 / max(time.perf_counter() - started, 1e-9)))  # >= 50 ms per sample
+  best = math.inf
+  for _ in range(args.peak_reps):
+    started = time.perf_counter()
+    for _ in range(inner):
+      z = dot(x, y)
+    jax.block_until_ready(z)
+    best = min(best, (time.perf_counter() - started) / inner)
+  device = jax.devices()[0]
+  emit({"gflops": 2 * n ** 3 / best / 1e9, "seconds": best, "n": n, "calls_per_sample": inner,
+        "platform": device.platform, "device_kind": device.device_kind,
+        "devices": len(jax.devices())})
+
+
+def worker_mnist_jax(args) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  from mnist_jax import data, train  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_enable_compilation_cache", False)  # the first epoch compiles for real
+  cfg = load_config(args.config)
+  cfg.seed = args.seed
+  # As train.train_and_evaluate sets up a run (its logging, checkpoints and validation aside).
+  splits = data.load(cfg.data)
+  mesh = train.make_mesh(cfg.mesh.num_devices)
+  train_data = train.DeviceData.put(splits.train, cfg.data.preprocess, mesh)
+  test_data = train.DeviceData.put(splits.test, cfg.data.preprocess, mesh)
+  batch_size = cfg.train.batch_size
+  keys = train.run_keys(cfg.seed)
+  state = jax.device_put(
+      train.create_train_state(keys["init"], cfg, train_data.images.shape[1],
+                               math.ceil(len(train_data) / batch_size)),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  jax.block_until_ready(state)
+  seconds, sums = [], None
+  for epoch in range(1, args.epochs + 1):
+    started = time.perf_counter()
+    state, sums, first_bad = train.train_epoch(
+        state, train_data.images, train_data.labels, train.epoch_key(keys["epochs"], epoch),
+        batch_size, cfg.train.label_smoothing, mesh)
+    jax.block_until_ready((state, sums, first_bad))
+    seconds.append(time.perf_counter() - started)
+  metrics = train.summarize(sums)
+  test = train.summarize(train.evaluate(state, test_data.images, test_data.labels,
+                                        cfg.train.eval_batch_size, mesh))
+  emit({"epoch_seconds": seconds, "train_loss": metrics["loss"],
+        "train_accuracy": metrics["accuracy"], "test_accuracy": test["accuracy"],
+        "device": jax_device_name()})
+
+
+def jax_device_name() -> str:
+  import jax  # pylint: disable=import-outside-toplevel
+  device = jax.devices()[0]
+  kind = device.device_kind
+  return device.platform if kind.lower() == device.platform.lower() else f"{device.platform} ({kind})"
+
+
+def worker_keras(args) -> None:
+  backend = {"keras_tf": "tensorflow", "keras_jax": "jax"}[args.worker]
+  os.environ["KERAS_BACKEND"] = backend
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  if backend == "jax":
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_enable_compilation_cache", False)
+  import keras  # pylint: disable=import-outside-toplevel
+  assert keras.backend.backend() == backend, keras.backend.backend()
+  cfg = load_config(args.config)
+  arrays = np.load(args.arrays)
+  x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+  keras.utils.set_random_seed(args.seed)
+
+  m = cfg.model
+  layers = [keras.Input(shape=(x_train.shape[1],))]
+  rates = tuple(m.dropout) or (0.0,) * len(m.hidden_sizes)
+  for width, rate in zip(m.hidden_sizes, rates):
+    layers.append(keras.layers.Dense(int(width), activation=m.activation,
+                                     kernel_initializer=m.kernel_init))
+    if rate:
+      layers.append(keras.layers.Dropout(rate))
+  layers.append(keras.layers.Dense(int(m.num_classes), activation="softmax",
+                                   kernel_initializer=m.kernel_init))
+  model = keras.Sequential(layers)
+  o = cfg.optimizer
+  if o.name == "adam":
+    optimizer = keras.optimizers.Adam(o.learning_rate, beta_1=o.b1, beta_2=o.b2, epsilon=o.eps)
+  elif o.name == "rmsprop":
+    optimizer = keras.optimizers.RMSprop(o.learning_rate, rho=o.rho, momentum=o.momentum,
+                                         epsilon=o.eps)
+  else:
+    optimizer = keras.optimizers.SGD(o.learning_rate, momentum=o.momentum, nesterov=o.nesterov)
+  model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+  class EpochTimes(keras.callbacks.Callback):
+    def __init__(self):
+      super().__init__()
+      self.marks, self.logs = [], {}
+
+    def on_epoch_end(self, epoch, logs=None):
+      # Wait for the epoch's last update (JAX dispatches asynchronously) before reading the clock.
+      for v in self.model.trainable_variables:
+        keras.ops.convert_to_numpy(v.value)
+      self.marks.append(time.perf_counter())
+      self.logs = {k: float(v) for k, v in (logs or {}).items()}
+
+  times = EpochTimes()
+  started = time.perf_counter()
+  model.fit(x_train, y_train, batch_size=cfg.train.batch_size, epochs=args.epochs, shuffle=True,
+            verbose=0, callbacks=[times])
+  marks = [started, *times.marks]
+  _, test_accuracy = model.evaluate(x_test, y_test, batch_size=cfg.train.eval_batch_size, verbose=0)
+  emit({"epoch_seconds": [b - a for a, b in zip(marks[:-1], marks[1:])],
+        "train_loss": times.logs.get("loss"), "train_accuracy": times.logs.get("accuracy"),
+        "test_accuracy": float(test_accuracy), "device": keras_device(backend),
+        "jit_compile": bool(model.jit_compile)})
+
+
+def keras_device(backend: str) -> str:
+  if backend == "jax":
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax_device_name()
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  gpus = tf.config.list_physical_devices("GPU")
+  return "gpu" if gpus else "cpu"
+
+
+def worker_torch(args) -> None:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch import nn  # pylint: disable=import-outside-toplevel
+  cfg = load_config(args.config)
+  arrays = np.load(args.arrays)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  x_train = torch.from_numpy(arrays["x_train"]).to(device)
+  y_train = torch.from_numpy(arrays["y_train"]).long().to(device)
+  x_test = torch.from_numpy(arrays["x_test"]).to(device)
+  y_test = torch.from_numpy(arrays["y_test"]).long().to(device)
+  torch.manual_seed(args.seed)
+
+  m = cfg.model
+  activation = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+                "elu": nn.ELU, "swish": nn.SiLU}[m.activation]
+  modules, width_in = [], x_train.shape[1]
+  rates = tuple(m.dropout) or (0.0,) * len(m.hidden_sizes)
+  for width, rate in zip(m.hidden_sizes, rates):
+    modules += [nn.Linear(width_in, int(width)), activation()]
+    if rate:
+      modules.append(nn.Dropout(rate))
+    width_in = int(width)
+  modules.append(nn.Linear(width_in, int(m.num_classes)))
+  model = nn.Sequential(*modules).to(device)
+  for module in model:
+    if isinstance(module, nn.Linear):  # Keras's Dense defaults
+      nn.init.xavier_uniform_(module.weight)
+      nn.init.zeros_(module.bias)
+  o = cfg.optimizer
+  if o.name == "adam":
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2),
+                                 eps=o.eps)
+  elif o.name == "rmsprop":
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=o.learning_rate, alpha=o.rho,
+                                    eps=o.eps, momentum=o.momentum)
+  else:
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.learning_rate, momentum=o.momentum,
+                                nesterov=o.nesterov)
+  loss_fn = nn.CrossEntropyLoss()
+  n, batch_size = x_train.shape[0], cfg.train.batch_size
+
+  seconds = []
+  for _ in range(args.epochs):
+    started = time.perf_counter()
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    perm = torch.randperm(n, device=device)
+    for i in range(0, n, batch_size):
+      idx = perm[i:i + batch_size]
+      xb, yb = x_train[idx], y_train[idx]
+      logits = model(xb)
+      loss = loss_fn(logits, yb)
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      optimizer.step()
+      total_loss += loss.detach() * len(idx)
+      correct += (logits.detach().argmax(1) == yb).sum()
+    train_loss, train_correct = float(total_loss), int(correct)  # waits for the last step
+    seconds.append(time.perf_counter() - started)
+  model.eval()
+  with torch.no_grad():
+    test_correct = sum(int((model(x_test[i:i + 2000]).argmax(1) == y_test[i:i + 2000]).sum())
+                       for i in range(0, x_test.shape[0], 2000))
+  emit({"epoch_seconds": seconds, "train_loss": train_loss / n, "train_accuracy": train_correct / n,
+        "test_accuracy": test_correct / x_test.shape[0],
+        "device": str(device) + (f":{torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
+        "threads": torch.get_num_threads()})
+
+
+WORKERS = {"prepare": worker_prepare, "peak": worker_peak, "mnist_jax": worker_mnist_jax,
+           "keras_tf": worker_keras, "keras_jax": worker_keras, "torch": worker_torch}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: runs the workers, collects, reports
+
+
+def run_worker(worker: str, extra: list[str], timeout: float, env: dict = None):
+  """Run this script as `--worker=WORKER`; returns (records, error message or None)."""
+  command = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--worker={worker}", *extra]
+  try:
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=timeout, env=env or quiet_env())
+  except subprocess.TimeoutExpired:
+    return [], f"timed out after {timeout:.0f} s"
+  records = [json.loads(line[len(MARKER):]) for line in result.stdout.splitlines()
+             if line.startswith(MARKER)]
+  if result.returncode != 0 or not records:
+    tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+    return records, f"exit {result.returncode}:\n{tail}"
+  return records, None
+
+
+def installed(system: str) -> bool:
+  return all(importlib.util.find_spec(module) is not None for module in REQUIRES[system])
+
+
+def version(*distributions: str) -> str:
+  for name in distributions:
+    try:
+      return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return "not installed"
+
+
+def cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {
+      "cpu": cpu_model(), "cores": cores, "os": platform.platform(), "python": platform.python_version(),
+      "versions": {"jax": version("jax"), "jaxlib": version("jaxlib"), "flax": version("flax"),
+                   "optax": version("optax"), "keras": version("keras"),
+                   "tensorflow": version("tensorflow-cpu", "tensorflow"), "torch": version("torch"),
+                   "numpy": version("numpy")},
+  }
+
+
+def measure_launch(runs: int, source: str, timeout: float) -> dict:
+  """Wall time of `python -m mnist_jax.main --config=adam_mlp`, start to exit, cache cold then warm."""
+  with tempfile.TemporaryDirectory(prefix="mnist_jax_launch_") as tmp:
+    env = quiet_env()
+    env["JAX_COMPILATION_CACHE_DIR"] = str(pathlib.Path(tmp) / "jax_cache")  # empty at first
+    extra = [f"--config.data.source={source}"] if source else []
+    seconds, accuracies = [], []
+    for i in range(runs):
+      workdir = pathlib.Path(tmp) / f"run{i}"
+      command = [sys.executable, "-m", "mnist_jax.main", "--config=adam_mlp",
+                 f"--workdir={workdir}", *extra]
+      started = time.perf_counter()
+      result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+      elapsed = time.perf_counter() - started
+      if result.returncode != 0:
+        return {"error": f"exit {result.returncode}: {result.stderr.strip()[-2000:]}",
+                "command": " ".join(command[1:])}
+      seconds.append(elapsed)
+      accuracies.append(json.loads((workdir / "summary.json").read_text())["test_accuracy"])
+      print(f"  launch-to-result run {i + 1}/{runs}: {elapsed:.2f} s", file=sys.stderr, flush=True)
+  warm = seconds[1:]
+  return {"command": f"python -m mnist_jax.main --config=adam_mlp --workdir=TMP {' '.join(extra)}".strip(),
+          "seconds": seconds, "first_cold_cache": seconds[0],
+          "warm_min": min(warm) if warm else None,
+          "warm_median": statistics.median(warm) if warm else None,
+          "test_accuracy": accuracies}
+
+
+def summarize_system(runs: list[dict], flops_per_epoch: float, peak_gflops: float) -> dict:
+  firsts = [r["epoch_seconds"][0] for r in runs]
+  steady = [s for r in runs for s in r["epoch_seconds"][1:]]
+  accuracies = [r["test_accuracy"] for r in runs]
+  out = {"first_epoch_median": statistics.median(firsts), "first_epoch": firsts,
+         "steady_epochs": len(steady),
+         "steady_min": min(steady) if steady else None,
+         "steady_median": statistics.median(steady) if steady else None,
+         "test_accuracy_mean": statistics.fmean(accuracies), "test_accuracy": accuracies,
+         "device": runs[0].get("device")}
+  if steady:
+    out["gflops"] = flops_per_epoch / out["steady_median"] / 1e9
+    out["gflops_best"] = flops_per_epoch / out["steady_min"] / 1e9
+    out["fraction_of_peak"] = out["gflops"] / peak_gflops if peak_gflops else None
+  return out
+
+
+def fmt(value, spec=".3f", missing="n/a"):
+  return missing if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+  m, peak = report["machine"], report["peak"]
+  v = m["versions"]
+  lines = [
+      f"Command: `{report['command']}` ({report['date']}, "
+      f"{report['benchmark_wall_seconds'] / 60:.1f} min)",
+      "",
+      f"Machine: {m['cpu']}, {m['cores']} cores; JAX platform/device: "
+      f"{peak.get('platform', '?')} / {peak.get('device_kind', '?')}; {m['os']}",
+      f"Versions: python {m['python']}, jax {v['jax']}, flax {v['flax']}, optax {v['optax']}, "
+      f"keras {v['keras']}, tensorflow {v['tensorflow']}, torch {v['torch']}",
+      f"fp32 matmul peak (jnp.dot {peak.get('n', '?')}x{peak.get('n', '?')}, best of "
+      f"{report['args']['peak_reps']} per measurement, best of {len(report['peak_samples'])} "
+      f"measurements): {fmt(peak.get('gflops'), '.1f')} GFLOP/s",
+      f"{report['args']['epochs']} epochs x {report['args']['repeats']} repeats per system and config, "
+      f"interleaved; steady = all epochs but each run's first. ours/peer = mnist_jax steady median / "
+      f"peer steady median (below 1: mnist_jax is faster). GFLOP/s at the steady median, counting "
+      f"the FLOPs really done per example: 6*sum(in*out) over the Dense layers minus 2*in*out of "
+      f"the first (no gradient for the images).",
+      "",
+      "| config | system | device | first epoch s | steady s/epoch min | steady s/epoch median "
+      "| ours/peer | test acc | GFLOP/s | % of peak |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for name, entry in report["results"].items():
+    ours = entry["systems"].get("mnist_jax", {}).get("steady_median")
+    for system in report["args"]["systems"]:
+      s = entry["systems"].get(system, {})
+      if "status" in s:
+        lines.append(f"| {name} | {system} | | {s['status']} | | | | | | |")
+        continue
+      ratio = "1.00x" if system == "mnist_jax" else (
+          f"{ours / s['steady_median']:.2f}x" if ours and s.get("steady_median") else "n/a")
+      accs = s["test_accuracy"]
+      acc = f"{accs[0]:.4f}" if len(accs) == 1 else f"{statistics.fmean(accs):.4f} ({min(accs):.4f}-{max(accs):.4f})"
+      frac = s.get("fraction_of_peak")
+      lines.append(
+          f"| {name} | {system} | {s.get('device', '')} | {fmt(s['first_epoch_median'], '.2f')} "
+          f"| {fmt(s['steady_min'])} | {fmt(s['steady_median'])} | {ratio} | {acc} "
+          f"| {fmt(s.get('gflops'), '.1f')} | {fmt(None if frac is None else 100 * frac, '.0f')}% |")
+  launch = report.get("launch")
+  if launch:
+    lines.append("")
+    if "error" in launch:
+      lines.append(f"Launch-to-result (`{launch['command']}`): failed: {launch['error']}")
+    else:
+      lines.append(
+          f"Launch-to-result, `{launch['command']}` (5 epochs, process start to exit): "
+          f"first run (empty JAX compilation cache) {launch['first_cold_cache']:.2f} s; later runs "
+          f"(cache filled) min {fmt(launch['warm_min'], '.2f')} s, median "
+          f"{fmt(launch['warm_median'], '.2f')} s over {len(launch['seconds']) - 1} runs.")
+  return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                      help="comma-separated experiment names (default: %(default)s)")
+  parser.add_argument("--epochs", type=int, default=6,
+                      help="timed epochs per system, config and repeat; the first includes "
+                      "compilation (default: %(default)s)")
+  parser.add_argument("--repeats", type=int, default=2,
+                      help="times each system trains each config, interleaved (default: %(default)s)")
+  parser.add_argument("--systems", default=",".join(SYSTEMS),
+                      help="comma-separated subset of " + ",".join(SYSTEMS))
+  parser.add_argument("--out", default="runs/benchmark",
+                      help="directory for benchmark.json and benchmark.md (default: %(default)s)")
+  parser.add_argument("--launch_runs", "--launch-runs", type=int, default=4,
+                      help="launch-to-result runs of adam_mlp; the first fills the compilation "
+                      "cache, the others are reported (0 skips; default: %(default)s)")
+  parser.add_argument("--skip_launch", "--skip-launch", action="store_true",
+                      help="do not measure launch-to-result (same as --launch_runs=0)")
+  parser.add_argument("--launch_source", "--launch-source", default="",
+                      help="--config.data.source for the launch runs (default: the config's own)")
+  parser.add_argument("--peak_size", "--peak-size", type=int, default=2048, help=argparse.SUPPRESS)
+  parser.add_argument("--peak_reps", "--peak-reps", type=int, default=10, help=argparse.SUPPRESS)
+  parser.add_argument("--timeout", type=float, default=1800,
+                      help="seconds after which one worker run is abandoned (default: %(default)s)")
+  # Internal: a subprocess running one system.
+  parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+  parser.add_argument("--config", help=argparse.SUPPRESS)
+  parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--arrays", help=argparse.SUPPRESS)
+  parser.add_argument("--arrays_dir", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.epochs < 1 or args.repeats < 1:
+    parser.error("--epochs and --repeats must be at least 1")
+  unknown = set(args.systems.split(",")) - set(SYSTEMS)
+  if unknown:
+    parser.error(f"unknown --systems {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    WORKERS[args.worker](args)
+    return 0
+
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  configs = [c for c in args.configs.split(",") if c]
+  systems = [s for s in args.systems.split(",") if s]
+  try:
+    loaded = {name: config_lib.load(name) for name in configs}
+  except config_lib.ConfigError as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    return 2
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  wall_started = time.perf_counter()
+  log = lambda message: print(message, file=sys.stderr, flush=True)
+  command = "python experiments/benchmark.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  errors = []
+
+  available = {s: installed(s) for s in systems}
+  for s in systems:
+    if not available[s]:
+      log(f"{s}: not installed ({', '.join(REQUIRES[s])}); skipped.")
+
+  log("Measuring the fp32 matmul peak ...")
+  peak_samples = []
+  records, error = run_worker("peak", [f"--peak_size={args.peak_size}",
+                                       f"--peak_reps={args.peak_reps}"], args.timeout)
+  if error:
+    log(f"peak measurement failed: {error}")
+    errors.append(f"peak: {error}")
+  peak_samples += records
+  if peak_samples:
+    log(f"  {peak_samples[-1]['gflops']:.1f} GFLOP/s")
+
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix="mnist_jax_bench_"))
+  results = {}
+  try:
+    log("Loading and preprocessing the data (data.load + data.preprocess) ...")
+    records, error = run_worker("prepare", [f"--configs={','.join(configs)}",
+                                            f"--arrays_dir={scratch}"], args.timeout)
+    if error:
+      print(f"ERROR: preparing the data failed: {error}", file=sys.stderr)
+      return 1
+    arrays = {r["config"]: r for r in records}
+    for name, cfg in loaded.items():
+      sizes = layer_sizes(cfg)
+      n_train = arrays[name]["train"]
+      results[name] = {
+          "layers": sizes, "batch_size": cfg.train.batch_size, "optimizer": cfg.optimizer.name,
+          "activation": cfg.model.activation, "train_examples": n_train,
+          "test_examples": arrays[name]["test"], "data_source": arrays[name]["source"],
+          "flops_per_example": flops_per_example(sizes),
+          "flops_per_epoch": flops_per_example(sizes) * n_train,
+          "runs": {s: [] for s in systems}, "systems": {}}
+      unsupported = peer_support(cfg)
+      for s in systems:
+        if not available[s]:
+          results[name]["systems"][s] = {"status": "not installed"}
+        elif s != "mnist_jax" and unsupported:
+          results[name]["systems"][s] = {"status": f"unsupported ({unsupported})"}
+
+    for repeat in range(args.repeats):
+      for name, cfg in loaded.items():
+        for s in systems:
+          if "status" in results[name]["systems"].get(s, {}):
+            continue
+          seed = cfg.seed + repeat
+          extra = [f"--config={name}", f"--epochs={args.epochs}", f"--seed={seed}",
+                   f"--arrays={arrays[name]['arrays']}"]
+          started = time.perf_counter()
+          records, error = run_worker(s, extra, args.timeout)
+          if error:
+            log(f"[{repeat + 1}/{args.repeats}] {name} {s}: FAILED {error}")
+            errors.append(f"{name} {s}: {error}")
+            results[name]["systems"][s] = {"status": "failed (see benchmark.json)", "error": error}
+            continue
+          run = records[-1]
+          run.update(seed=seed, repeat=repeat, wall_seconds=time.perf_counter() - started)
+          results[name]["runs"][s].append(run)
+          log(f"[{repeat + 1}/{args.repeats}] {name} {s}: epochs "
+              + " ".join(f"{t:.2f}" for t in run["epoch_seconds"])
+              + f" s; test accuracy {run['test_accuracy']:.4f} ({run['wall_seconds']:.0f} s in all)")
+
+    launch = None
+    if args.launch_runs > 0 and not args.skip_launch:
+      log(f"Launch-to-result: {args.launch_runs} runs of python -m mnist_jax.main --config=adam_mlp ...")
+      launch = measure_launch(args.launch_runs, args.launch_source, args.timeout)
+      if "error" in launch:
+        errors.append(f"launch: {launch['error']}")
+
+    log("Measuring the fp32 matmul peak again ...")
+    records, error = run_worker("peak", [f"--peak_size={args.peak_size}",
+                                         f"--peak_reps={args.peak_reps}"], args.timeout)
+    peak_samples += records
+    if peak_samples:
+      log(f"  {peak_samples[-1]['gflops']:.1f} GFLOP/s")
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+  peak = max(peak_samples, key=lambda r: r["gflops"]) if peak_samples else {}
+  for name, entry in results.items():
+    for s in systems:
+      if entry["runs"][s] and "status" not in entry["systems"].get(s, {}):
+        entry["systems"][s] = summarize_system(entry["runs"][s], entry["flops_per_epoch"],
+                                               peak.get("gflops"))
+  report = {"command": command, "machine": machine_info(), "peak": peak,
+            "peak_samples": peak_samples, "args": {**vars(args), "systems": systems},
+            "results": results, "launch": launch,
+            "benchmark_wall_seconds": time.perf_counter() - wall_started,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": errors}
+  table = markdown(report)
+  (out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+  (out / "benchmark.md").write_text(table)
+  print(table, end="")
+  log(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.json'} "
+      f"({report['benchmark_wall_seconds']:.0f} s in all).")
+  if errors:
+    log(f"{len(errors)} part(s) failed: see above and benchmark.json.")
+  return 1 if errors else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
