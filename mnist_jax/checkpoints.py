@@ -1,12 +1,16 @@
 """Checkpoints of the whole training state with orbax (no pickle: restoring never runs code).
 
 A checkpoint is saved under the number of epochs completed. orbax writes each one to a temporary
-directory and renames it when complete, so a crash mid-save leaves the previous checkpoints intact;
-a checkpoint that still fails to restore (e.g. files deleted by hand) is skipped for an older one.
+`<epoch>.orbax-checkpoint-tmp*` directory and renames it when complete, so a crash mid-save leaves
+the previous checkpoints intact (the leftover is ignored, then deleted). A checkpoint that still
+fails to restore (e.g. files deleted by hand) is skipped, with a warning, for an older one.
 """
 
 import logging
 import pathlib
+import shutil
+import sys
+import warnings
 from typing import Optional
 
 import flax.serialization
@@ -15,23 +19,28 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger("mnist_jax")
 
+_ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax saves into <epoch>.orbax-checkpoint-tmp*
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that exists but cannot be used for this config."""
 
 
 class Checkpointer:
-  """Latest-N checkpoints of a run in `directory` (one subdirectory per saved epoch)."""
+  """The last `keep` checkpoints of a run in `directory` (one subdirectory per saved epoch)."""
 
   def __init__(self, directory: pathlib.Path, keep: int):
     self.directory = pathlib.Path(directory).resolve()
+    # A fixed handler keeps the manager in single-item mode even when a step dir is damaged.
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True))
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
   def save(self, epoch: int, state) -> None:
+    """Save `state` as the checkpoint of `epoch`, replacing a damaged one of the same epoch."""
+    if epoch in self._manager.all_steps():
+      self._manager.delete(epoch)
     self._manager.save(epoch, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
                        force=True)
     self._manager.wait_until_finished()
@@ -43,7 +52,8 @@ class Checkpointer:
     """(state, epoch) from the newest usable checkpoint (or exactly `epoch`); None if there is none.
 
     `template` is a freshly created state of the same config: it gives the shapes and the
-    non-array parts (apply_fn, tx). A checkpoint of a different model shape is an error.
+    non-array parts (apply_fn, tx). A checkpoint of a different shape raises CheckpointError
+    rather than being skipped: it means the workdir belongs to another config.
     """
     candidates = [epoch] if epoch is not None else self.epochs()[::-1]
     target = flax.serialization.to_state_dict(template)
@@ -51,30 +61,76 @@ class Checkpointer:
     for candidate in candidates:
       try:
         restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
-      except (ValueError, KeyError) as e:
-        if _looks_like_shape_mismatch(e):
-          raise CheckpointError(
-              f"The checkpoint of epoch {candidate} in {self.directory} was saved by a model of "
-              f"a different shape than this config builds ({_first_line(e)}). Use a new "
-              f"--workdir for this config, or the config that made the checkpoint.") from None
-        log.warning("Skipping unreadable checkpoint of epoch %d in %s: %s",
-                    candidate, self.directory, _first_line(e))
-        continue
       except Exception as e:  # pylint: disable=broad-except  # truncated or damaged files
-        log.warning("Skipping unreadable checkpoint of epoch %d in %s: %s",
-                    candidate, self.directory, _first_line(e))
+        _hide_leftovers_of_failed_reads()
+        if _is_shape_mismatch(e):
+          raise CheckpointError(
+              f"The checkpoint of epoch {candidate} in {self.directory} was saved by a model or "
+              f"optimizer of a different shape than this config builds "
+              f"({_first_lines(e, 2).split('. ')[0]}). Use a new --workdir for this config, or "
+              f"the config that made the checkpoint.") from None
+        log.warning("Skipping the checkpoint of epoch %d in %s: it is incomplete or damaged "
+                    "(%s: %s).", candidate, self.directory, type(e).__name__, _first_lines(e, 1))
         continue
       return flax.serialization.from_state_dict(template, restored), candidate
     return None
+
+  def delete_unfinished_saves(self) -> None:
+    """Delete orbax's temporary directories, left by a process killed mid-save.
+
+    For the process that is about to save (readers ignore them, and must not delete the save
+    of a run in progress). Done here, synchronously: orbax's own cleanup runs in a thread that a
+    short-lived process can outlive.
+    """
+    for leftover in sorted(self.directory.glob(f"*{_ORBAX_TMP_SUFFIX}*")):
+      log.info("Deleting %s, an unfinished save of a stopped run.", leftover)
+      shutil.rmtree(leftover, ignore_errors=True)
+
+  def discard_after(self, epoch: int) -> None:
+    """Delete checkpoints newer than `epoch`: unreadable ones, or ones a resumed run will redo."""
+    for newer in self.epochs():
+      if newer > epoch:
+        self._manager.delete(newer)
 
   def close(self) -> None:
     self._manager.close()
 
 
-def _first_line(error: Exception) -> str:
-  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+def _is_shape_mismatch(error: Exception) -> bool:
+  """orbax's words for arrays or trees that differ from the template (not for damaged files)."""
+  text = str(error)
+  return isinstance(error, ValueError) and ("not compatible with the stored shape" in text
+                                            or "tree structures do not match" in text)
 
 
-def _looks_like_shape_mismatch(error: Exception) -> bool:
-  text = str(error).lower()
-  return "shape" in text or "structure" in text or "tree" in text
+_hiding_leftovers = False
+
+
+def _hide_leftovers_of_failed_reads() -> None:
+  """Silence the reports a failed orbax read leaves behind, which would read as a crash.
+
+  Its pending tensorstore callbacks later hit orbax's closed event loop, and its unawaited
+  coroutines and unretrieved task errors are reported when collected (often at exit), each with
+  a traceback. Exactly those reports are dropped; everything else is still shown.
+  """
+  global _hiding_leftovers  # pylint: disable=global-statement
+  if _hiding_leftovers:
+    return
+  _hiding_leftovers = True
+  previous_hook = sys.unraisablehook
+
+  def unraisable_hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = unraisable_hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: "exception was never retrieved" not in record.getMessage())
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
+
+
+def _first_lines(error: Exception, count: int) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()][:count]
+  return " ".join(lines)[:160]

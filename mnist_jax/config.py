@@ -78,6 +78,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.label_smoothing = 0.0
   config.train.checkpoint_every = 1  # epochs between checkpoints
   config.train.keep_checkpoints = 2
+  # With validation, the best epoch by `monitor` is also kept, in checkpoints_best/.
+  config.train.monitor = "val_accuracy"  # val_accuracy | val_loss (Keras's `monitor`)
+  # Early stopping (Keras EarlyStopping): >0 stops after this many epochs without improvement
+  # of `monitor`; needs validation. 0 = off.
+  config.train.early_stopping_patience = 0
+  config.train.restore_best = True  # with early stopping: test (and return) the best epoch
   return config
 
 
@@ -125,6 +131,7 @@ _CHOICES = {
                                "lecun_uniform", "lecun_normal"),
     ("optimizer", "name"): ("adam", "adamw", "rmsprop", "sgd"),
     ("optimizer", "schedule"): ("constant", "cosine", "warmup_cosine"),
+    ("train", "monitor"): ("val_accuracy", "val_loss"),
 }
 
 
@@ -155,6 +162,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.train.checkpoint_every={train.checkpoint_every} must be at least 1.")
   require(train.keep_checkpoints >= 1,
           f"config.train.keep_checkpoints={train.keep_checkpoints} must be at least 1.")
+  require(train.early_stopping_patience >= 0,
+          f"config.train.early_stopping_patience={train.early_stopping_patience} must be >= 0 "
+          f"(0 = off).")
+  require(train.early_stopping_patience == 0 or data.validation != "none",
+          f"config.train.early_stopping_patience={train.early_stopping_patience} needs "
+          f"validation data: set config.data.validation (e.g. train_tail), or set the patience "
+          f"to 0 to turn early stopping off.")
   require(all(int(h) >= 1 for h in model.hidden_sizes),
           f"config.model.hidden_sizes={tuple(model.hidden_sizes)} must be positive integers.")
   rates = tuple(model.dropout) + (model.input_dropout,)

@@ -130,6 +130,10 @@ def main(argv):
   except train.RunInterrupted as e:
     print(f"\n{e}", file=sys.stderr)
     sys.exit(130)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+    print("\nInterrupted without saving. Run the same command again to resume from the last "
+          "checkpoint.", file=sys.stderr)
+    sys.exit(130)
   log.info("Results in %s", workdir)
 
 

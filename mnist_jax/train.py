@@ -19,7 +19,9 @@ import functools
 import json
 import logging
 import math
+import os
 import pathlib
+import shutil
 import signal
 import time
 from typing import Any, Optional
@@ -402,6 +404,17 @@ def _config_json(config) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  """Write a temporary file, then rename it: a kill leaves the old file or the new, never half."""
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+# What a run writes in its workdir (and what --overwrite deletes).
+_RUN_FILES = ("checkpoints", "checkpoints_best", "metrics.jsonl", "summary.json", "config.json")
+
+
 def _check_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
   """Never overwrite a finished run, or mix two configs in one workdir, by accident."""
   saved = workdir / "config.json"
@@ -418,32 +431,108 @@ def _check_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
 
 
 def _prepare_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
-  _check_workdir(workdir, config, overwrite)
-  if overwrite and workdir.exists():
-    import shutil  # pylint: disable=import-outside-toplevel
-    for name in ("checkpoints", "metrics.jsonl", "summary.json", "config.json"):
-      target = workdir / name
-      if target.is_dir():
-        shutil.rmtree(target)
-      elif target.exists():
-        target.unlink()
+  """Delete the old run if asked to, then record the config (the mark of whose workdir it is)."""
   try:
+    if overwrite:
+      for name in _RUN_FILES:
+        target = workdir / name
+        if target.is_dir():
+          shutil.rmtree(target)
+        elif target.exists():
+          target.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(_config_json(config))
+    _write_atomic(workdir / "config.json", _config_json(config))
   except OSError as e:
     raise ConfigError(f"Cannot write to workdir {workdir} ({e.strerror}). "
                       f"Choose a writable --workdir.") from None
 
 
+def _load_splits(config) -> data.Splits:
+  """The data, checked against the config before anything is written."""
+  splits = data.load(config.data)
+  log.info("Data: %s; train %s, val %s, test %s", splits.source, splits.train.images.shape,
+           None if splits.val is None else splits.val.images.shape, splits.test.images.shape)
+  if config.train.batch_size > len(splits.train):
+    raise ConfigError(f"config.train.batch_size={config.train.batch_size} is larger than the "
+                      f"training set ({len(splits.train)} examples). Use a smaller batch size.")
+  return splits
+
+
 def _read_history(workdir: pathlib.Path, up_to_epoch: int) -> list[dict]:
+  """The records of epochs 1..up_to_epoch in metrics.jsonl, which is rewritten to hold only them.
+
+  Later epochs are trained again after a resume, so their records go, as does a line cut short
+  by a kill.
+  """
   path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  records = [r for r in records if r["epoch"] <= up_to_epoch]
-  # Epochs after the checkpoint will be trained again: drop their records.
-  path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  return records
+  records = {}
+  for line in path.read_text().splitlines() if path.exists() else ():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and 1 <= record.get("epoch", 0) <= up_to_epoch:
+      records[record["epoch"]] = record
+  missing = sorted(set(range(1, up_to_epoch + 1)) - set(records))
+  if missing:
+    log.warning("%s has no record of epochs %s: early stopping and the best checkpoint go by "
+                "the records it has.", path, missing)
+  history = [records[epoch] for epoch in sorted(records)]
+  _write_atomic(path, "".join(json.dumps(r) + "\n" for r in history))
+  return history
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+  """The best epoch so far by the monitored validation metric, and the epochs trained since."""
+  epoch: int
+  value: float
+  waited: int
+
+
+def best_epoch(history: list[dict], monitor: str) -> Optional[Best]:
+  """The best record of `history` by `monitor` (the first of equals); None without validation.
+
+  Derived from the per-epoch records alone, not kept in the checkpoint, so a resumed run
+  continues with exactly the patience counter an uninterrupted run has.
+  """
+  sign = -1.0 if monitor.endswith("loss") else 1.0
+  best = None
+  for record in history:
+    if monitor in record and (best is None or sign * record[monitor] > sign * best[monitor]):
+      best = record
+  if best is None:
+    return None
+  return Best(best["epoch"], best[monitor], history[-1]["epoch"] - best["epoch"])
+
+
+def _patience_exhausted(best: Optional[Best], patience: int) -> bool:
+  return patience > 0 and best is not None and best.waited >= patience
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+def _raise_if_diverged(state: TrainState, first_bad: int, loss: float, epoch: int,
+                       steps_per_epoch: int, checkpointer: checkpoints.Checkpointer) -> None:
+  """Stop at a non-finite loss, or parameters (the epoch's last update overflowed), before
+  anything of this epoch is saved: the checkpoints keep the last good epoch."""
+  if first_bad >= 0:
+    what, step = f"the training loss became {loss}", first_bad + 1
+  elif not _all_finite(state.params):
+    what, step = "the parameters became NaN or infinite", steps_per_epoch
+  else:
+    return
+  lr = float(learning_rate(state))
+  good = checkpointer.epochs()
+  kept = (f"The last good checkpoint (epoch {good[-1]}) is in {checkpointer.directory}."
+          if good else "No checkpoint had been saved yet.")
+  raise TrainingDiverged(
+      f"Training diverged: {what} at epoch {epoch}, step {step} of {steps_per_epoch} (learning "
+      f"rate {lr:g}). This usually means the learning rate is too high: try "
+      f"--config.optimizer.learning_rate={lr / 10:g} with a new --workdir (or --overwrite). "
+      f"{kept}")
 
 
 def _progress_line(record: dict, epochs: int) -> str:
@@ -481,22 +570,40 @@ class _StopSignals:
       signal.signal(sig, handler)
 
 
+def _resume(workdir: pathlib.Path, state: TrainState, checkpointer: checkpoints.Checkpointer,
+            best_checkpointer: Optional[checkpoints.Checkpointer]) -> tuple:
+  """(state, epoch, history) of the newest usable checkpoint; (state, 0, []) if there is none.
+
+  Checkpoints newer than the one restored are damaged, or were saved just before a kill ended
+  the run between its two saves: the epochs after the restored one are trained again, and
+  saved again, bit for bit as before.
+  """
+  restored = checkpointer.restore(state)
+  state, start_epoch = restored if restored is not None else (state, 0)
+  for each in (checkpointer, best_checkpointer):
+    if each is not None:
+      each.delete_unfinished_saves()
+      each.discard_after(start_epoch)
+  if restored is not None:
+    log.info("Resuming from the checkpoint after epoch %d in %s.", start_epoch,
+             checkpointer.directory)
+  return state, start_epoch, _read_history(workdir, start_epoch)
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = False):
   """Train `config` in `workdir`, resuming from its last checkpoint if it has one.
 
-  Writes config.json, metrics.jsonl (one record per epoch), checkpoints/ and summary.json.
-  Returns the final state and the history (dict of per-epoch lists, like Keras's History).
+  Writes config.json, metrics.jsonl (one record per epoch), checkpoints/ (the last few epochs),
+  checkpoints_best/ (with validation: the best epoch by config.train.monitor) and summary.json.
+  Returns the final state (with early stopping and restore_best: the best epoch's) and the
+  history (dict of per-epoch lists, like Keras's History).
   """
   workdir = pathlib.Path(workdir)
+  _check_workdir(workdir, config, overwrite)
+  splits = _load_splits(config)
   _prepare_workdir(workdir, config, overwrite)
 
-  splits = data.load(config.data)
-  log.info("Data: %s; train %s, val %s, test %s", splits.source, splits.train.images.shape,
-           None if splits.val is None else splits.val.images.shape, splits.test.images.shape)
   batch_size = config.train.batch_size
-  if batch_size > len(splits.train):
-    raise ConfigError(f"config.train.batch_size={batch_size} is larger than the training set "
-                      f"({len(splits.train)} examples). Use a smaller batch size.")
   mesh = make_mesh(config.mesh.num_devices)
   if mesh.size > 1:
     log.info("Data parallel over %d devices: each batch of %d is split %s.", mesh.size,
@@ -513,56 +620,79 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   log.info("Model summary:\n%s", model_summary(state, config))
 
   checkpointer = checkpoints.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-  start_epoch, history = 0, []
-  restored = checkpointer.restore(state)
-  if restored is not None:
-    state, start_epoch = restored
-    history = _read_history(workdir, start_epoch)
-    log.info("Resuming from the checkpoint after epoch %d in %s.", start_epoch, checkpointer.directory)
-  elif (workdir / "metrics.jsonl").exists():
-    (workdir / "metrics.jsonl").unlink()  # records of a run that never checkpointed
+  best_checkpointer = (None if val is None else
+                       checkpoints.Checkpointer(workdir / "checkpoints_best", keep=1))
+  state, epoch, history = _resume(workdir, state, checkpointer, best_checkpointer)
+  epochs, patience, monitor = (config.train.epochs, config.train.early_stopping_patience,
+                               config.train.monitor)
+  best = best_epoch(history, monitor)
 
-  epochs = config.train.epochs
   with _StopSignals() as signals:
-    for epoch in range(start_epoch + 1, epochs + 1):
+    while epoch < epochs and not _patience_exhausted(best, patience):
+      epoch += 1
       started = time.perf_counter()
       state, sums, first_bad = train_epoch(state, train.images, train.labels,
                                            epoch_key(keys["epochs"], epoch), batch_size,
                                            config.train.label_smoothing, mesh)
       metrics = summarize(sums)
-      lr = float(learning_rate(state))
-      if int(first_bad) >= 0:
-        good = checkpointer.epochs()
-        raise TrainingDiverged(
-            f"The training loss became {metrics['loss']} at epoch {epoch}, step "
-            f"{int(first_bad) + 1} of {steps_per_epoch} (learning rate {lr:g}). This usually "
-            f"means the learning rate is too high: try --config.optimizer.learning_rate="
-            f"{lr / 10:g}. " + (f"The last good checkpoint (epoch {good[-1]}) is in "
-                                f"{checkpointer.directory}." if good else "No checkpoint was saved."))
-      record = {"epoch": epoch, "step": int(state.step), "learning_rate": lr,
+      _raise_if_diverged(state, int(first_bad), metrics["loss"], epoch, steps_per_epoch,
+                         checkpointer)
+      record = {"epoch": epoch, "step": int(state.step),
+                "learning_rate": float(learning_rate(state)),
                 "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
       if val is not None:
-        val_metrics = summarize(evaluate(state, val.images, val.labels, config.train.eval_batch_size, mesh))
+        val_metrics = summarize(evaluate(state, val.images, val.labels,
+                                         config.train.eval_batch_size, mesh))
         record.update(val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"])
       record["seconds"] = time.perf_counter() - started
       history.append(record)
       with open(workdir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
       log.info(_progress_line(record, epochs))
-      if epoch % config.train.checkpoint_every == 0 or epoch == epochs or signals.received:
+
+      best = best_epoch(history, monitor)
+      if best is not None and best.epoch == epoch:  # before the regular save: see _resume
+        best_checkpointer.save(epoch, state)
+      finished = epoch == epochs or _patience_exhausted(best, patience)
+      if finished or signals.received or epoch % config.train.checkpoint_every == 0:
         checkpointer.save(epoch, state)
-      if signals.received and epoch < epochs:
-        checkpointer.close()
+      if signals.received and not finished:
         raise RunInterrupted(
-            f"Stopped by {signals.received} after epoch {epoch}; checkpoint saved in "
-            f"{checkpointer.directory}. Run the same command again to resume.")
+            f"Stopped by {signals.received} after epoch {epoch} of {epochs}; checkpoint saved "
+            f"in {checkpointer.directory}. Run the same command again to resume.")
   checkpointer.close()
 
-  test_metrics = summarize(evaluate(state, test.images, test.labels, config.train.eval_batch_size, mesh))
+  stopped_early = _patience_exhausted(best, patience)
+  if stopped_early:
+    log.info("Early stopping after epoch %d: %s has not improved for %d epochs (best %.4f, "
+             "epoch %d).", epoch, monitor, best.waited, best.value, best.epoch)
+  steps, tested_epoch = int(state.step), epoch
+  if patience and config.train.restore_best and best is not None and best.epoch != epoch:
+    state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
+  if best_checkpointer is not None:
+    best_checkpointer.close()
+
+  test_metrics = summarize(evaluate(state, test.images, test.labels,
+                                    config.train.eval_batch_size, mesh))
   summary = {"test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
-             "epochs": epochs, "steps": int(state.step), "data_source": splits.source,
+             "epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,
+             "steps": steps, "data_source": splits.source,
              "train_seconds": sum(r["seconds"] for r in history)}
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  log.info("Test loss: %.4f - test accuracy: %.4f", test_metrics["loss"], test_metrics["accuracy"])
+  if best is not None:
+    summary.update({"best_epoch": best.epoch, f"best_{monitor}": best.value})
+  _write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  log.info("Test loss: %.4f - test accuracy: %.4f (parameters of epoch %d)",
+           test_metrics["loss"], test_metrics["accuracy"], tested_epoch)
   keys_ = history[0].keys() if history else ()
   return state, {k: [r[k] for r in history] for k in keys_ if k != "epoch"}
+
+
+def _restore_best(state: TrainState, best: Best, best_checkpointer, last_epoch: int):
+  """(state, epoch) of the best epoch's checkpoint; the last epoch's if it cannot be read."""
+  restored = best_checkpointer.restore(state, epoch=best.epoch)
+  if restored is None:
+    log.warning("The best checkpoint (epoch %d) is unreadable: testing the last epoch's "
+                "parameters instead.", best.epoch)
+    return state, last_epoch
+  log.info("Restored the parameters of the best epoch, %d.", best.epoch)
+  return restored
