@@ -96,8 +96,12 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_run(workdir) -> Run:
-  """Config, data splits and the final parameters of the run in `workdir`."""
+def load_run(workdir, replica: int = 0) -> Run:
+  """Config, data splits and the tested parameters of the run in `workdir`.
+
+  The tested parameters are the last epoch's, or the best epoch's when early stopping restored
+  them; of a run of several replicas (seeds, sweep), those of replica `replica`.
+  """
   workdir = pathlib.Path(workdir)
   config = load_config(workdir)
   splits = data.load(config.data)
@@ -106,22 +110,32 @@ def load_run(workdir) -> Run:
   # the initialisation would take seconds for values the checkpoint replaces.
   input_dim = int(np.prod(splits.train.images.shape[1:]))
   steps_per_epoch = math.ceil(len(splits.train) / config.train.batch_size)
-  template = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), config, input_dim,
-                                                             steps_per_epoch))
-  directory = workdir / "checkpoints"
+  num_replicas = len(train.replica_settings(config))
+  if not 0 <= replica < num_replicas:
+    raise RunError(f"Replica {replica} does not exist: the run has {num_replicas}.")
+  if num_replicas == 1:
+    make = lambda: train.create_train_state(jax.random.key(0), config, input_dim, steps_per_epoch)
+  else:
+    make = lambda: train.create_replica_states(config, input_dim, steps_per_epoch)
+  template = jax.eval_shape(make)
+  summary_path = workdir / "summary.json"
+  summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+  directory, epoch = workdir / "checkpoints", None
+  if summary.get("tested_epoch", summary.get("epochs")) != summary.get("epochs"):
+    directory, epoch = workdir / "checkpoints_best", summary["tested_epoch"]  # restore_best
   if not directory.is_dir():
-    raise RunError(f"{workdir} has no checkpoints/ directory: the run saved no parameters yet.")
+    raise RunError(f"{workdir} has no {directory.name}/ directory: the run saved no parameters yet.")
   checkpointer = checkpoints.Checkpointer(directory, config.train.keep_checkpoints)
   try:
-    restored = checkpointer.restore(template)
+    restored = checkpointer.restore(template, epoch=epoch)
   finally:
     checkpointer.close()
   if restored is None:
     raise RunError(f"No usable checkpoint in {directory}: train the run (again) to make one.")
   state, epoch = restored
+  if num_replicas > 1:
+    state = jax.tree.map(lambda x: x[replica], state)
   history = [r for r in _read_jsonl(workdir / "metrics.jsonl") if r["epoch"] <= epoch]
-  summary_path = workdir / "summary.json"
-  summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
   return Run(workdir, config, state, epoch, splits, history, summary)
 
 
@@ -377,6 +391,19 @@ def _epoch_table(history: Sequence[dict]) -> str:
   return _table(["epoch"] + columns, rows)
 
 
+def _replicas_section(summary: dict) -> list[str]:
+  """A run of several replicas: each one's test result; the figures show replica 0."""
+  if "replicas" not in summary:
+    return []
+  rows = [[k, r["seed"], f"{r['learning_rate']:g}", f"{r['test_loss']:.4f}",
+           f"{r['test_accuracy']:.4f}"] for k, r in enumerate(summary["replicas"])]
+  return ["## Replicas", "",
+          f"{len(rows)} replicas trained in one vmapped program; the test numbers above are their "
+          f"mean (accuracy std {summary['test_accuracy_std']:.4f}), the curves show the mean, and "
+          f"the test-set figures below show replica 0.", "",
+          _table(["replica", "seed", "learning rate", "test loss", "test accuracy"], rows), ""]
+
+
 def markdown(run: Run, probs: np.ndarray, report: dict, example: int) -> str:
   """report.md: one page that reads top to bottom like a tutorial's notebook."""
   test, config, history, workdir = run.splits.test, run.config, run.history, run.workdir
@@ -431,6 +458,7 @@ def markdown(run: Run, probs: np.ndarray, report: dict, example: int) -> str:
       "",
       _table(["split", "images", "labels"], splits),
       "",
+      *_replicas_section(run.summary),
       "## Training curves",
       "",
       "![loss and accuracy per epoch](figures/curves.png)",

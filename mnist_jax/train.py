@@ -102,11 +102,16 @@ def create_train_state(key: jax.Array, config, input_dim: int = 784,
                        steps_per_epoch: Optional[int] = None) -> TrainState:
   """A fresh TrainState: parameters initialised from `key`, optimizer from `config.optimizer`."""
   model = models.MLP.from_config(config.model)
-  init = jax.jit(functools.partial(model.init, train=False))
-  variables = init({"params": key}, jnp.zeros((1, input_dim), jnp.float32))
+  variables = _init_variables(model, key, input_dim)
   tx = make_optimizer(config.optimizer, steps_per_epoch, config.train.epochs)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_variables(model: models.MLP, key: jax.Array, input_dim: int):
+  """Compiled once per model shape (modules are hashable), not once per call."""
+  return model.init({"params": key}, jnp.zeros((1, input_dim), jnp.float32), train=False)
 
 
 def learning_rate(state: TrainState) -> jax.Array:
@@ -169,10 +174,13 @@ def predict_logits(state: TrainState, images: jax.Array) -> jax.Array:
 
 
 def summarize(sums: dict) -> dict:
-  """Metric sums -> {'loss': mean loss, 'accuracy': fraction correct} as Python floats."""
+  """Metric sums -> {'loss': mean loss, 'accuracy': fraction correct}.
+
+  Python floats; lists of floats for replicas (sums with a leading axis).
+  """
   sums = jax.device_get(sums)
-  count = max(float(sums["count"]), 1.0)
-  return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
+  count = np.maximum(sums["count"], 1.0)
+  return {"loss": (sums["loss"] / count).tolist(), "accuracy": (sums["correct"] / count).tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,17 +522,24 @@ def _all_finite(tree) -> bool:
   return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
-def _raise_if_diverged(state: TrainState, first_bad: int, loss: float, epoch: int,
+def _raise_if_diverged(state: TrainState, first_bad, loss, epoch: int,
                        steps_per_epoch: int, checkpointer: checkpoints.Checkpointer) -> None:
   """Stop at a non-finite loss, or parameters (the epoch's last update overflowed), before
-  anything of this epoch is saved: the checkpoints keep the last good epoch."""
-  if first_bad >= 0:
-    what, step = f"the training loss became {loss}", first_bad + 1
+  anything of this epoch is saved: the checkpoints keep the last good epoch.
+
+  With replicas, `first_bad` and `loss` have one entry per replica, and any replica stops all.
+  """
+  first_bad = np.asarray(first_bad).reshape(-1)
+  if np.any(first_bad >= 0):
+    replica = int(np.argmin(np.where(first_bad >= 0, first_bad, np.iinfo(np.int32).max)))
+    which = f" in replica {replica}" if first_bad.size > 1 else ""
+    what = f"the training loss became {np.ravel(loss)[replica]}{which}"
+    step = int(first_bad[replica]) + 1
   elif not _all_finite(state.params):
     what, step = "the parameters became NaN or infinite", steps_per_epoch
   else:
     return
-  lr = float(learning_rate(state))
+  lr = float(np.max(learning_rate(state)))
   good = checkpointer.epochs()
   kept = (f"The last good checkpoint (epoch {good[-1]}) is in {checkpointer.directory}."
           if good else "No checkpoint had been saved yet.")
@@ -533,6 +548,15 @@ def _raise_if_diverged(state: TrainState, first_bad: int, loss: float, epoch: in
       f"rate {lr:g}). This usually means the learning rate is too high: try "
       f"--config.optimizer.learning_rate={lr / 10:g} with a new --workdir (or --overwrite). "
       f"{kept}")
+
+
+def _add_metrics(record: dict, prefix: str, metrics: dict) -> None:
+  """Put metrics into a record; replicas' lists go under record["replicas"], their mean on top."""
+  for name, value in metrics.items():
+    if isinstance(value, list):
+      record.setdefault("replicas", {})[prefix + name] = value
+      value = float(np.mean(value))
+    record[prefix + name] = value
 
 
 def _progress_line(record: dict, epochs: int) -> str:
@@ -613,11 +637,23 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   test = DeviceData.put(splits.test, config.data.preprocess, mesh)
   steps_per_epoch = math.ceil(len(train) / batch_size)
 
-  keys = run_keys(config.seed)
-  state = jax.device_put(
-      create_train_state(keys["init"], config, train.images.shape[1], steps_per_epoch),
-      _replicated(mesh))
-  log.info("Model summary:\n%s", model_summary(state, config))
+  replicas = replica_settings(config)
+  if len(replicas) == 1:
+    keys = run_keys(config.seed)
+    state = create_train_state(keys["init"], config, train.images.shape[1], steps_per_epoch)
+    keys_of_epoch = functools.partial(epoch_key, keys["epochs"])
+    run_epoch, run_evaluate = train_epoch, evaluate
+    log.info("Model summary:\n%s", model_summary(state, config))
+  else:
+    state = create_replica_states(config, train.images.shape[1], steps_per_epoch)
+    seeds = jnp.array([r["seed"] for r in replicas])
+    keys_of_epoch = lambda epoch: jax.vmap(lambda s: epoch_key(run_keys(s)["epochs"], epoch))(seeds)
+    run_epoch, run_evaluate = train_epoch_replicas, evaluate_replicas
+    log.info("Model summary (each replica):\n%s",
+             model_summary(jax.tree.map(lambda x: x[0], state), config))
+    log.info("Training %d replicas in one vmapped program (seed, learning rate): %s",
+             len(replicas), ", ".join(f"({r['seed']}, {r['learning_rate']:g})" for r in replicas))
+  state = jax.device_put(state, _replicated(mesh))
 
   checkpointer = checkpoints.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
   best_checkpointer = (None if val is None else
@@ -631,19 +667,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
     while epoch < epochs and not _patience_exhausted(best, patience):
       epoch += 1
       started = time.perf_counter()
-      state, sums, first_bad = train_epoch(state, train.images, train.labels,
-                                           epoch_key(keys["epochs"], epoch), batch_size,
-                                           config.train.label_smoothing, mesh)
+      state, sums, first_bad = run_epoch(state, train.images, train.labels,
+                                         keys_of_epoch(epoch), batch_size,
+                                         config.train.label_smoothing, mesh)
       metrics = summarize(sums)
-      _raise_if_diverged(state, int(first_bad), metrics["loss"], epoch, steps_per_epoch,
+      _raise_if_diverged(state, first_bad, metrics["loss"], epoch, steps_per_epoch,
                          checkpointer)
-      record = {"epoch": epoch, "step": int(state.step),
-                "learning_rate": float(learning_rate(state)),
-                "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
+      record = {"epoch": epoch, "step": int(np.max(state.step))}
+      _add_metrics(record, "", {"learning_rate": np.asarray(learning_rate(state)).tolist()})
+      _add_metrics(record, "train_", metrics)
       if val is not None:
-        val_metrics = summarize(evaluate(state, val.images, val.labels,
-                                         config.train.eval_batch_size, mesh))
-        record.update(val_loss=val_metrics["loss"], val_accuracy=val_metrics["accuracy"])
+        _add_metrics(record, "val_", summarize(run_evaluate(
+            state, val.images, val.labels, config.train.eval_batch_size, mesh)))
       record["seconds"] = time.perf_counter() - started
       history.append(record)
       with open(workdir / "metrics.jsonl", "a") as f:
@@ -666,23 +701,34 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   if stopped_early:
     log.info("Early stopping after epoch %d: %s has not improved for %d epochs (best %.4f, "
              "epoch %d).", epoch, monitor, best.waited, best.value, best.epoch)
-  steps, tested_epoch = int(state.step), epoch
+  steps, tested_epoch = int(np.max(state.step)), epoch
   if patience and config.train.restore_best and best is not None and best.epoch != epoch:
     state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
   if best_checkpointer is not None:
     best_checkpointer.close()
 
-  test_metrics = summarize(evaluate(state, test.images, test.labels,
-                                    config.train.eval_batch_size, mesh))
-  summary = {"test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
-             "epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,
-             "steps": steps, "data_source": splits.source,
-             "train_seconds": sum(r["seconds"] for r in history)}
+  test_metrics = summarize(run_evaluate(state, test.images, test.labels,
+                                        config.train.eval_batch_size, mesh))
+  summary = {}
+  _add_metrics(summary, "test_", test_metrics)
+  if len(replicas) > 1:
+    summary["test_accuracy_std"] = float(np.std(test_metrics["accuracy"]))
+    summary["replicas"] = [
+        {**r, "test_loss": loss, "test_accuracy": accuracy}
+        for r, loss, accuracy in zip(replicas, test_metrics["loss"], test_metrics["accuracy"])]
+    for r in summary["replicas"]:
+      log.info("Replica seed %d, learning rate %g: test loss %.4f - test accuracy %.4f",
+               r["seed"], r["learning_rate"], r["test_loss"], r["test_accuracy"])
+    log.info("Mean over %d replicas: test accuracy %.4f +- %.4f (std)", len(replicas),
+             summary["test_accuracy"], summary["test_accuracy_std"])
+  summary.update({"epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,
+                  "steps": steps, "data_source": splits.source,
+                  "train_seconds": sum(r["seconds"] for r in history)})
   if best is not None:
     summary.update({"best_epoch": best.epoch, f"best_{monitor}": best.value})
   _write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   log.info("Test loss: %.4f - test accuracy: %.4f (parameters of epoch %d)",
-           test_metrics["loss"], test_metrics["accuracy"], tested_epoch)
+           summary["test_loss"], summary["test_accuracy"], tested_epoch)
   keys_ = history[0].keys() if history else ()
   return state, {k: [r[k] for r in history] for k in keys_ if k != "epoch"}
 

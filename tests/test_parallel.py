@@ -97,3 +97,22 @@ def test_replica_k_equals_single_run_with_seed_k(subset):
   assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[0], kernels[3])
   evals = train.evaluate_replicas(states, dd.images, dd.labels, 100)
   assert evals["correct"].shape == (6,)
+
+
+def test_cli_many_seeds_reports_each_replica_and_mean_std(tmp_path):
+  from conftest import TINY_FLAGS, run_cli
+  import json
+  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport",
+                   "--config.num_seeds=3")
+  assert "Training 3 replicas" in result.stdout and "Mean over 3 replicas" in result.stdout
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  accuracies = [r["test_accuracy"] for r in summary["replicas"]]
+  assert [r["seed"] for r in summary["replicas"]] == [0, 1, 2]
+  assert len(set(accuracies)) > 1  # different seeds, different models
+  assert summary["test_accuracy"] == pytest.approx(np.mean(accuracies))
+  assert summary["test_accuracy_std"] == pytest.approx(np.std(accuracies))
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert record["train_loss"] == pytest.approx(np.mean(record["replicas"]["train_loss"]))
+  from mnist_jax import report
+  run = report.load_run(tmp_path, replica=2)  # each replica's parameters are saved
+  assert run.state.params["dense_0"]["kernel"].shape == (784, 100)
