@@ -1,0 +1,129 @@
+"""What many seeds and several devices cost: vmapped replicas vs one run, sharded vs one device.
+
+    python experiments/scaling_benchmark.py                 # adam_mlp, 8 seeds, 4 forced CPU devices
+    python experiments/scaling_benchmark.py --config=rmsprop_mlp --seeds=4 --devices=2 --epochs=5
+
+Rows (each timed with the trainer's own compiled epochs, `train.train_epoch` and
+`train.train_epoch_replicas`, on the full training set):
+  * 1 seed: s/epoch of one model.
+  * N seeds vmapped: s/epoch of N replicas in one program, and its ratio to 1 seed; N sequential
+    runs would cost N times the 1-seed figure.
+  * sharded: s/epoch with each batch split over D devices (on a CPU host: D devices forced with
+    XLA_FLAGS=--xla_force_host_platform_device_count=D, sharing the same cores) vs a mesh of 1 in
+    the same process.
+Epoch times are medians over the epochs after the first (which compiles); the first is reported too.
+Writes scaling.json and scaling.md to --out.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+
+def time_epochs(config, num_seeds: int, num_devices: int, epochs: int) -> dict:
+  """Seconds per epoch of `num_seeds` vmapped replicas on a mesh of `num_devices`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mnist_jax import data, train  # pylint: disable=import-outside-toplevel
+  config = config.copy_and_resolve_references()
+  config.num_seeds = num_seeds
+  mesh = train.make_mesh(num_devices)
+  split = data.load(config.data).train
+  dd = train.DeviceData.put(split, config.data.preprocess, mesh)
+  batch_size = config.train.batch_size
+  seeds = jnp.arange(config.seed, config.seed + num_seeds)
+  if num_seeds == 1:
+    state = train.create_train_state(train.run_keys(config.seed)["init"], config)
+    epoch_fn, keys_of = train.train_epoch, lambda e: train.epoch_key(
+        train.run_keys(config.seed)["epochs"], e)
+  else:
+    state = train.create_replica_states(config)
+    epoch_fn = train.train_epoch_replicas
+    keys_of = lambda e: jax.vmap(lambda s: train.epoch_key(train.run_keys(s)["epochs"], e))(seeds)
+  state = train.put_replicated(state, mesh)
+  seconds = []
+  for epoch in range(1, epochs + 1):
+    started = time.perf_counter()
+    state, sums, _ = epoch_fn(state, dd.images, dd.labels, keys_of(epoch), batch_size,
+                              config.train.label_smoothing, mesh)
+    jax.block_until_ready(sums)
+    seconds.append(time.perf_counter() - started)
+  return {"seeds": num_seeds, "devices": mesh.size, "first_epoch": seconds[0],
+          "median": statistics.median(seconds[1:]), "min": min(seconds[1:]),
+          "epoch_seconds": seconds, "platform": jax.devices()[0].platform}
+
+
+def worker(args) -> None:
+  """In a process whose device count is fixed: print one JSON line per measurement asked for."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_enable_compilation_cache", False)
+  config = config_lib.load(args.config)
+  for seeds, devices in json.loads(args.measure):
+    print("SCALING " + json.dumps(time_epochs(config, seeds, devices, args.epochs)), flush=True)
+
+
+def run(args, measure, device_count: int = 0) -> list[dict]:
+  env = dict(os.environ)
+  if device_count:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={device_count}").strip()
+  result = subprocess.run(
+      [sys.executable, __file__, "--worker", f"--config={args.config}", f"--epochs={args.epochs}",
+       f"--measure={json.dumps(measure)}"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+  if result.returncode != 0:
+    raise SystemExit(f"worker failed:\n{result.stderr[-3000:]}")
+  return [json.loads(l[len("SCALING "):]) for l in result.stdout.splitlines()
+          if l.startswith("SCALING ")]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default="adam_mlp")
+  parser.add_argument("--seeds", type=int, default=8)
+  parser.add_argument("--devices", type=int, default=4)
+  parser.add_argument("--epochs", type=int, default=4, help="timed epochs per row (the first compiles)")
+  parser.add_argument("--out", default="runs/scaling")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--measure", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    return worker(args)
+
+  one, many = run(args, [[1, 1], [args.seeds, 1]])
+  rows = [("1 seed, 1 device", one, 1.0),
+          (f"{args.seeds} seeds vmapped, 1 device", many, many["median"] / one["median"])]
+  sharded_one, sharded = run(args, [[1, 1], [1, args.devices]], device_count=args.devices)
+  rows += [(f"1 seed, mesh of 1 (of {args.devices} forced devices)", sharded_one, 1.0),
+           (f"1 seed, batch sharded over {args.devices} devices", sharded,
+            sharded["median"] / sharded_one["median"])]
+  lines = [f"`python experiments/scaling_benchmark.py --config={args.config} --seeds={args.seeds} "
+           f"--devices={args.devices} --epochs={args.epochs}` on {one['platform'].upper()}, "
+           f"{os.cpu_count()} cores", "",
+           "| run | first epoch s | steady s/epoch (median) | min | ratio |",
+           "| --- | --- | --- | --- | --- |"]
+  lines += [f"| {name} | {r['first_epoch']:.2f} | {r['median']:.3f} | {r['min']:.3f} | {ratio:.2f}x |"
+            for name, r, ratio in rows]
+  lines += ["", f"{args.seeds} sequential runs would take {args.seeds} x "
+            f"{one['median']:.3f} = {args.seeds * one['median']:.2f} s/epoch: the vmapped program "
+            f"is {args.seeds * one['median'] / many['median']:.1f}x faster."]
+  table = "\n".join(lines)
+  print(table)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "scaling.md").write_text(table + "\n")
+  (out / "scaling.json").write_text(json.dumps(
+      {"args": vars(args), "rows": [{"name": n, **r, "ratio": x} for n, r, x in rows]}, indent=2))
+
+
+if __name__ == "__main__":
+  main()
