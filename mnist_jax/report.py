@@ -28,6 +28,7 @@ import math
 import pathlib
 import shlex
 import shutil
+import sys
 from typing import Optional, Sequence
 
 import jax
@@ -321,7 +322,16 @@ def write_tensorboard(history: Sequence[dict], logdir: pathlib.Path) -> None:
 
   Rewritten from metrics.jsonl each time, so a rebuilt report never duplicates points.
   """
-  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  # tensorboardX imports torch, when installed, only to accept torch tensors (a second or more):
+  # hide it for the duration of this import; we pass plain floats.
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if hide_torch:
+      del sys.modules["torch"]
   shutil.rmtree(logdir, ignore_errors=True)
   writers = {}
   for record in history:
