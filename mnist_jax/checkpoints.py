@@ -41,8 +41,7 @@ class Checkpointer:
     """Save `state` as the checkpoint of `epoch`, replacing a damaged one of the same epoch."""
     if epoch in self._manager.all_steps():
       self._manager.delete(epoch)
-    self._manager.save(epoch, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                       force=True)
+    self._manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)), force=True)
     self._manager.wait_until_finished()
 
   def epochs(self) -> list[int]:
@@ -56,7 +55,7 @@ class Checkpointer:
     rather than being skipped: it means the workdir belongs to another config.
     """
     candidates = [epoch] if epoch is not None else self.epochs()[::-1]
-    target = flax.serialization.to_state_dict(template)
+    target = _state_dict(template)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for candidate in candidates:
       try:
@@ -72,6 +71,7 @@ class Checkpointer:
         log.warning("Skipping the checkpoint of epoch %d in %s: it is incomplete or damaged "
                     "(%s: %s).", candidate, self.directory, type(e).__name__, _first_lines(e, 1))
         continue
+      restored = {**{k: v for k, v in _UNSAVED.items() if k not in restored}, **restored}
       return flax.serialization.from_state_dict(template, restored), candidate
     return None
 
@@ -94,6 +94,17 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+# Fields left out of a checkpoint while they hold this empty value: a run without a moving
+# average of its weights saves exactly what runs saved before that option existed.
+_UNSAVED = {"ema_params": {}}
+
+
+def _state_dict(state) -> dict:
+  state_dict = flax.serialization.to_state_dict(state)
+  return {k: v for k, v in state_dict.items()
+          if not (k in _UNSAVED and isinstance(v, dict) and not v)}
 
 
 def _is_shape_mismatch(error: Exception) -> bool:

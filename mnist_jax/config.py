@@ -14,7 +14,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 
 # Modules in experiments/ that are tools, not configs.
-_NOT_CONFIGS = {"benchmark", "common"}
+_NOT_CONFIGS = {"benchmark", "scaling_benchmark"}
 
 
 class ConfigError(ValueError):
@@ -25,6 +25,11 @@ def default_config() -> ml_collections.ConfigDict:
   """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # one integer seeds init, shuffling and dropout
+  # Random bit generator of those keys: threefry (jax's default: the same bits on every platform,
+  # and a vmapped replica equals the single run of its seed) | rbg | unsafe_rbg (XLA's
+  # RngBitGenerator: cheaper dropout masks; bits may differ across platforms and JAX versions, and
+  # vmapped replicas all draw from the first replica's key, so replica k is not seed k's single run).
+  config.rng_impl = "threefry"
   # Replicas trained together in one vmapped program: seeds seed, seed+1, ..., x the sweep grid.
   config.num_seeds = 1
   config.sweep = ml_collections.ConfigDict()
@@ -67,6 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.grad_clip_norm = 0.0  # >0: clip the global gradient norm
+  # >0: after each step, rescale every hidden unit's incoming weight vector (kernel column) to at
+  # most this L2 norm (max-norm, Srivastava et al. 2014: typically 2-4 with dropout).
+  config.optimizer.max_norm = 0.0
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = 0  # devices on the "data" axis (batch sharded); 0 = all visible
@@ -84,6 +92,10 @@ def default_config() -> ml_collections.ConfigDict:
   # of `monitor`; needs validation. 0 = off.
   config.train.early_stopping_patience = 0
   config.train.restore_best = True  # with early stopping: test (and return) the best epoch
+  # >0: keep an exponential moving average of the weights (decay per step, e.g. 0.999; warmed up
+  # as min(decay, (1 + step) / (10 + step))) and evaluate, test, checkpoint-test and predict
+  # with it instead of the raw weights. 0 = off.
+  config.train.ema_decay = 0.0
   return config
 
 
@@ -187,6 +199,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(not config.sweep.learning_rate or opt.schedule == "constant",
           "config.sweep.learning_rate needs config.optimizer.schedule='constant' (a schedule "
           "recomputes the learning rate every step).")
+  require(config.rng_impl in ("threefry", "rbg", "unsafe_rbg"),
+          f"config.rng_impl={config.rng_impl!r} is not one of threefry, rbg, unsafe_rbg.")
+  require(opt.max_norm >= 0, f"config.optimizer.max_norm={opt.max_norm} must be >= 0 (0 = off).")
+  require(0 <= train.ema_decay < 1,
+          f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0 = off; e.g. 0.999).")
   require(data.train_subset >= 0,
           f"config.data.train_subset={data.train_subset} must be >= 0 (0 = all).")
   if problems:

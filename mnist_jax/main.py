@@ -20,6 +20,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment: a name in
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes its files. Default: "
                                "runs/<config name> (runs/<name>-2, -3, ... once that one finished).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize() first. On Cloud TPU, "
+    "SLURM, Open MPI and Kubernetes JobSets it finds the other processes itself; elsewhere give "
+    "--coordinator_address, --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS etc.).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and "
                                "train again (otherwise a finished run is never overwritten).")
 _REPORT = flags.DEFINE_bool("report", True, "When training finishes, write the run's report "
@@ -112,16 +119,23 @@ def main(argv):
   _setup_logging()
   _setup_jax()
   import jax  # pylint: disable=import-outside-toplevel
+  if _DISTRIBUTED.value:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPU/TPU ignore it
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    if jax.process_index() != 0:
+      log.setLevel(logging.WARNING)  # process 0 speaks for the job
   from mnist_jax import checkpoints, data, train  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_arg, config)
-  log.info("Config %s -> workdir %s (JAX %s on %s)", config_arg, workdir, jax.__version__,
-           ", ".join(sorted({d.platform.upper() for d in jax.devices()})))
+  log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
+           workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
+           jax.process_count())
   try:
     train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
-    if _REPORT.value:
+    if _REPORT.value and jax.process_index() == 0:
       from mnist_jax import report  # pylint: disable=import-outside-toplevel
       log.info("Report: %s", report.build(workdir))
   except (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,

@@ -40,8 +40,13 @@ log = logging.getLogger("mnist_jax")
 
 
 class TrainState(train_state.TrainState):
-  """Step, parameters, optimizer state and BatchNorm statistics: everything a resumed run needs."""
+  """Step, parameters, optimizer state, BatchNorm statistics and the weights' moving average:
+  everything a resumed run needs."""
   batch_stats: Any = flax.struct.field(default_factory=dict)
+  # Exponential moving average of `params` (config.train.ema_decay), updated by every train_step
+  # and used by evaluation and prediction; {} = off.
+  ema_params: Any = flax.struct.field(default_factory=dict)
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
 class TrainingDiverged(RuntimeError):
@@ -95,7 +100,28 @@ def make_optimizer(opt_config, steps_per_epoch: Optional[int] = None,
     raise ConfigError(f"Unknown optimizer {name!r}: use adam, adamw, rmsprop or sgd.")
   if opt_config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+  if opt_config.max_norm:
+    tx = optax.chain(tx, max_norm_projection(opt_config.max_norm))
   return tx
+
+
+def max_norm_projection(max_norm: float) -> optax.GradientTransformation:
+  """After the step, scale each hidden unit's incoming weights (a column of a hidden kernel) back
+  to L2 norm `max_norm` if larger (Srivastava et al. 2014): dropout nets can then take large
+  steps without their weights growing without bound. The logits layer is left free.
+  """
+  def project(path, update, param):
+    names = [getattr(k, "key", None) for k in path]
+    if not (names[-1] == "kernel" and str(names[0]).startswith("dense_")):
+      return update
+    new = param + update
+    norms = jnp.sqrt(jnp.sum(new * new, axis=0, keepdims=True))
+    return new * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12)) - param
+
+  def update_fn(updates, state, params):
+    return jax.tree_util.tree_map_with_path(project, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def create_train_state(key: jax.Array, config, input_dim: int = 784,
@@ -104,8 +130,12 @@ def create_train_state(key: jax.Array, config, input_dim: int = 784,
   model = models.MLP.from_config(config.model)
   variables = _init_variables(model, key, input_dim)
   tx = make_optimizer(config.optimizer, steps_per_epoch, config.train.epochs)
+  ema_decay = float(config.train.ema_decay)
+  # A copy, not the same buffers: train_epoch donates the state, and a buffer can go only once.
+  ema_params = jax.tree.map(jnp.copy, variables["params"]) if ema_decay else {}
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+                           batch_stats=variables.get("batch_stats", {}), tx=tx,
+                           ema_params=ema_params, ema_decay=ema_decay)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -157,7 +187,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: 
 
   grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+  if state.ema_decay:
+    state = state.replace(ema_params=ema_update(state.ema_params, state.params, state.ema_decay,
+                                                state.step))
   return state, _batch_metrics(logits, labels, mask, losses)
+
+
+def ema_update(ema, params, decay: float, step):
+  """ema <- d ema + (1 - d) params, with d = min(decay, (1 + step) / (10 + step)) (TensorFlow's
+  ExponentialMovingAverage with num_updates): early steps forget the random initial weights fast.
+  """
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+  return jax.tree.map(lambda e, p: e + (1.0 - d) * (p - e), ema, params)
 
 
 @jax.jit
@@ -169,8 +210,16 @@ def eval_step(state: TrainState, batch: dict):
 
 
 def predict_logits(state: TrainState, images: jax.Array) -> jax.Array:
-  return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
+  """Inference-mode logits, from the moving average of the weights when the state keeps one."""
+  params = state.ema_params or state.params
+  return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                         train=False)
+
+
+def to_host(tree):
+  """numpy copies of (replicated) arrays, also of arrays that span the devices of several hosts."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x),
+                      tree)
 
 
 def summarize(sums: dict) -> dict:
@@ -178,7 +227,7 @@ def summarize(sums: dict) -> dict:
 
   Python floats; lists of floats for replicas (sums with a leading axis).
   """
-  sums = jax.device_get(sums)
+  sums = to_host(sums)
   count = np.maximum(sums["count"], 1.0)
   return {"loss": (sums["loss"] / count).tolist(), "accuracy": (sums["correct"] / count).tolist()}
 
@@ -213,6 +262,15 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 
 def _replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def put_replicated(tree, mesh: jax.sharding.Mesh):
+  """A copy of every array on every device of the mesh, across hosts too (each process holds
+  the same values: the same data files, the same seed)."""
+  def put(x):
+    x = np.asarray(jnp.asarray(x))
+    return jax.make_array_from_callback(x.shape, _replicated(mesh), lambda index: x[index])
+  return jax.tree.map(put, tree)
 
 
 def _shard_batch(batch: dict, mesh: Optional[jax.sharding.Mesh]) -> dict:
@@ -324,7 +382,8 @@ def create_replica_states(config, input_dim: int = 784,
   rates = jnp.array([r["learning_rate"] for r in settings], jnp.float32)
 
   def one(seed, rate):
-    state = create_train_state(run_keys(seed)["init"], config, input_dim, steps_per_epoch)
+    state = create_train_state(run_keys(seed, config.rng_impl)["init"], config, input_dim,
+                               steps_per_epoch)
     return with_learning_rate(state, rate)
 
   return jax.vmap(one)(seeds, rates)
@@ -342,10 +401,19 @@ def predict_probabilities(state: TrainState, images: jax.Array, batch_size: int 
 # ---------------------------------------------------------------------------------------------
 # Keys
 
+# config.rng_impl -> jax's name. threefry: counter-based, the same bits on every platform and under
+# vmap as in a loop; rbg, unsafe_rbg: XLA's RngBitGenerator, cheaper bits (dropout masks) but
+# platform-dependent, and vmapped replicas draw their bits from the first replica's key.
+RNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
 
-def run_keys(seed: int) -> dict[str, jax.Array]:
-  """Independent keys for init and for the epochs, derived from the config's seed."""
-  root = jax.random.key(seed)
+
+def run_keys(seed: int, impl: str = "threefry") -> dict[str, jax.Array]:
+  """Independent keys for init and for the epochs, derived from the config's seed.
+
+  `impl` (config.rng_impl) is the generator of every key derived from them: init, shuffling and
+  dropout.
+  """
+  root = jax.random.key(seed, impl=RNG_IMPLS[impl])
   return {"init": jax.random.fold_in(root, 0), "epochs": jax.random.fold_in(root, 1)}
 
 
@@ -400,9 +468,9 @@ class DeviceData:
     Each step then gathers its batch rows on the device that computes them, so no host
     pipeline feeds the devices (MNIST is a few hundred MB as float32 on any accelerator).
     """
-    sharding = None if mesh is None else _replicated(mesh)
-    return cls(jax.device_put(data.preprocess(split.images, preprocess), sharding),
-               jax.device_put(split.labels, sharding))
+    images, labels = (split.images, split.labels) if mesh is None else put_replicated(
+        (split.images, split.labels), mesh)
+    return cls(data.preprocess(images, preprocess), jnp.asarray(labels))
 
   def __len__(self):
     return self.labels.shape[0]
@@ -412,15 +480,24 @@ def _config_json(config) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+def _is_primary() -> bool:
+  """Process 0 writes the run's files; orbax coordinates checkpoint writes across processes."""
+  return jax.process_index() == 0
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
   """Write a temporary file, then rename it: a kill leaves the old file or the new, never half."""
+  if not _is_primary():
+    return
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   tmp.write_text(text)
   os.replace(tmp, path)
 
 
-# What a run writes in its workdir (and what --overwrite deletes).
-_RUN_FILES = ("checkpoints", "checkpoints_best", "metrics.jsonl", "summary.json", "config.json")
+# What a run and its report write in its workdir (and what --overwrite deletes).
+_RUN_FILES = ("checkpoints", "checkpoints_best", "metrics.jsonl", "summary.json", "config.json",
+              "report.md", "figures", "tensorboard", "classification_report.txt",
+              "classification_report.json", "confusion_matrix.csv", "misclassified.json")
 
 
 def _check_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
@@ -441,7 +518,7 @@ def _check_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
 def _prepare_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
   """Delete the old run if asked to, then record the config (the mark of whose workdir it is)."""
   try:
-    if overwrite:
+    if overwrite and _is_primary():
       for name in _RUN_FILES:
         target = workdir / name
         if target.is_dir():
@@ -519,7 +596,7 @@ def _patience_exhausted(best: Optional[Best], patience: int) -> bool:
 
 
 def _all_finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+  return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(to_host(tree)))
 
 
 def _raise_if_diverged(state: TrainState, first_bad, loss, epoch: int,
@@ -529,7 +606,7 @@ def _raise_if_diverged(state: TrainState, first_bad, loss, epoch: int,
 
   With replicas, `first_bad` and `loss` have one entry per replica, and any replica stops all.
   """
-  first_bad = np.asarray(first_bad).reshape(-1)
+  first_bad = to_host(first_bad).reshape(-1)
   if np.any(first_bad >= 0):
     replica = int(np.argmin(np.where(first_bad >= 0, first_bad, np.iinfo(np.int32).max)))
     which = f" in replica {replica}" if first_bad.size > 1 else ""
@@ -539,7 +616,7 @@ def _raise_if_diverged(state: TrainState, first_bad, loss, epoch: int,
     what, step = "the parameters became NaN or infinite", steps_per_epoch
   else:
     return
-  lr = float(np.max(learning_rate(state)))
+  lr = float(np.max(to_host(learning_rate(state))))
   good = checkpointer.epochs()
   kept = (f"The last good checkpoint (epoch {good[-1]}) is in {checkpointer.directory}."
           if good else "No checkpoint had been saved yet.")
@@ -639,7 +716,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
 
   replicas = replica_settings(config)
   if len(replicas) == 1:
-    keys = run_keys(config.seed)
+    keys = run_keys(config.seed, config.rng_impl)
     state = create_train_state(keys["init"], config, train.images.shape[1], steps_per_epoch)
     keys_of_epoch = functools.partial(epoch_key, keys["epochs"])
     run_epoch, run_evaluate = train_epoch, evaluate
@@ -647,13 +724,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   else:
     state = create_replica_states(config, train.images.shape[1], steps_per_epoch)
     seeds = jnp.array([r["seed"] for r in replicas])
-    keys_of_epoch = lambda epoch: jax.vmap(lambda s: epoch_key(run_keys(s)["epochs"], epoch))(seeds)
+    keys_of_epoch = lambda epoch: jax.vmap(
+        lambda s: epoch_key(run_keys(s, config.rng_impl)["epochs"], epoch))(seeds)
     run_epoch, run_evaluate = train_epoch_replicas, evaluate_replicas
     log.info("Model summary (each replica):\n%s",
              model_summary(jax.tree.map(lambda x: x[0], state), config))
     log.info("Training %d replicas in one vmapped program (seed, learning rate): %s",
              len(replicas), ", ".join(f"({r['seed']}, {r['learning_rate']:g})" for r in replicas))
-  state = jax.device_put(state, _replicated(mesh))
+  state = put_replicated(state, mesh)
 
   checkpointer = checkpoints.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
   best_checkpointer = (None if val is None else
@@ -673,16 +751,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
       metrics = summarize(sums)
       _raise_if_diverged(state, first_bad, metrics["loss"], epoch, steps_per_epoch,
                          checkpointer)
-      record = {"epoch": epoch, "step": int(np.max(state.step))}
-      _add_metrics(record, "", {"learning_rate": np.asarray(learning_rate(state)).tolist()})
+      record = {"epoch": epoch, "step": int(np.max(to_host(state.step)))}
+      _add_metrics(record, "", {"learning_rate": to_host(learning_rate(state)).tolist()})
       _add_metrics(record, "train_", metrics)
       if val is not None:
         _add_metrics(record, "val_", summarize(run_evaluate(
             state, val.images, val.labels, config.train.eval_batch_size, mesh)))
       record["seconds"] = time.perf_counter() - started
       history.append(record)
-      with open(workdir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+      if _is_primary():
+        with open(workdir / "metrics.jsonl", "a") as f:
+          f.write(json.dumps(record) + "\n")
       log.info(_progress_line(record, epochs))
 
       best = best_epoch(history, monitor)
@@ -701,7 +780,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   if stopped_early:
     log.info("Early stopping after epoch %d: %s has not improved for %d epochs (best %.4f, "
              "epoch %d).", epoch, monitor, best.waited, best.value, best.epoch)
-  steps, tested_epoch = int(np.max(state.step)), epoch
+  steps, tested_epoch = int(np.max(to_host(state.step))), epoch
   if patience and config.train.restore_best and best is not None and best.epoch != epoch:
     state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
   if best_checkpointer is not None:

@@ -116,3 +116,26 @@ def test_cli_many_seeds_reports_each_replica_and_mean_std(tmp_path):
   from mnist_jax import report
   run = report.load_run(tmp_path, replica=2)  # each replica's parameters are saved
   assert run.state.params["dense_0"]["kernel"].shape == (784, 100)
+
+
+def test_two_processes_on_localhost_train_like_one(tmp_path):
+  """Multi-host data parallelism, with two CPU processes standing in for two hosts."""
+  import json
+  import socket
+  from conftest import TINY_FLAGS, run_cli
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  common = ["-m", "mnist_jax.main", "--config=adam_mlp", *TINY_FLAGS, "--noreport", "--distributed",
+            f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen([sys.executable, *common, f"--workdir={tmp_path / 'multi'}",
+                             f"--process_id={i}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert "2 CPU device(s) in 2 process(es)" in outputs[0]
+  assert "Epoch 2/2" in outputs[0] and "Epoch" not in outputs[1]  # process 0 speaks for the job
+  run_cli("--config=adam_mlp", *TINY_FLAGS, "--noreport", f"--workdir={tmp_path / 'single'}")
+  multi, single = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("multi", "single"))
+  assert multi["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=2e-3)
+  assert multi["test_loss"] == pytest.approx(single["test_loss"], rel=1e-3)

@@ -261,6 +261,48 @@ def test_early_stopping_restores_best_and_resumes_exactly(tmp_path):
       np.testing.assert_array_equal(x, y)
 
 
+def test_resume_is_exact_with_ema_max_norm_and_rbg(tmp_path):
+  """The weights' moving average is checkpointed with the state, and rbg keys are derived from
+  the seed and epoch like threefry's: a resumed run ends bit-identical, EMA included."""
+  config = config_lib.load("adam_mlp")
+  config.data.source, config.data.train_subset = "idx", 512
+  config.model.input_dropout, config.model.dropout = 0.2, (0.5,)
+  config.rng_impl, config.train.ema_decay, config.optimizer.max_norm = "rbg", 0.99, 1.0
+  config.train.epochs, config.train.batch_size = 3, 64
+  straight, _ = train.train_and_evaluate(config, tmp_path)
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert straight.ema_decay == 0.99 and straight.ema_params
+
+  (tmp_path / "summary.json").unlink()  # killed after epoch 2's save
+  shutil.rmtree(tmp_path / "checkpoints" / "3")
+  resumed, _ = train.train_and_evaluate(config, tmp_path)
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(x, y)
+  again = json.loads((tmp_path / "summary.json").read_text())
+  assert _without(again, "train_seconds") == _without(summary, "train_seconds")
+
+
+def test_checkpoints_without_ema_are_those_of_before_the_option(tmp_path):
+  """A state without a weight average saves no `ema_params`, and checkpoints saved before the
+  option existed (no such field) still restore: old runs resume and report as before."""
+  import flax
+  state = train.create_train_state(jax.random.key(0), config_lib.load("adam_mlp"))
+  old = flax.serialization.to_state_dict(state)
+  old.pop("ema_params")
+  assert checkpoints._state_dict(state).keys() == old.keys()  # pylint: disable=protected-access
+  checkpointer = checkpoints.Checkpointer(tmp_path, keep=2)
+  try:
+    checkpointer.save(1, old)
+    checkpointer.save(2, state)
+    for epoch in (1, 2):
+      restored, _ = checkpointer.restore(state, epoch)
+      assert restored.ema_params == {}
+      for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(x, y)
+  finally:
+    checkpointer.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one clear paragraph each, before any training
 

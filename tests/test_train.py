@@ -130,3 +130,65 @@ def test_warmup_cosine_schedule(tiny_config):
   assert float(train.learning_rate(state)) == pytest.approx(7 / 8 * 1e-3)  # step 8 of 8 warmup
   state, _, _ = train.train_epoch(state, dd.images, dd.labels, jax.random.key(1), 64)
   assert 0 < float(train.learning_rate(state)) < 1e-3  # decaying
+
+
+def test_ema_follows_the_weights_and_is_what_evaluation_uses(tiny_config):
+  tiny_config.train.ema_decay = 0.9
+  dd = _device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  assert _leaves_equal(state.ema_params, state.params)  # starts at the initial weights
+  new, _ = train.train_step(state, _batch(dd, 0, 64), jax.random.key(1))
+  d = min(0.9, 2 / 11)  # step 1: the warm-up (1 + step) / (10 + step) is below the decay
+  for e, p0, p1 in zip(*(jax.tree.leaves(t) for t in (new.ema_params, state.params, new.params))):
+    np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+  assert not _leaves_equal(new.ema_params, new.params)
+  x = dd.images[:16]
+  np.testing.assert_array_equal(train.predict_logits(new, x),
+                                new.apply_fn({"params": new.ema_params}, x))
+  raw = new.replace(ema_params={})  # off: evaluation uses the raw weights
+  np.testing.assert_array_equal(train.predict_logits(raw, x), new.apply_fn({"params": new.params}, x))
+  tiny_config.train.ema_decay = 0.0
+  off = train.create_train_state(jax.random.key(0), tiny_config)
+  assert off.ema_params == {} and off.ema_decay == 0.0
+
+
+def test_max_norm_bounds_hidden_kernel_columns_only(tiny_config):
+  tiny_config.model.hidden_sizes = (32, 32)
+  tiny_config.optimizer.learning_rate = 0.05  # large steps, so the constraint binds
+  tiny_config.optimizer.max_norm = 0.5
+  dd = _device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  state, _, _ = train.train_epoch(state, dd.images, dd.labels, jax.random.key(1), 64)
+  for name in ("dense_0", "dense_1"):
+    norms = np.linalg.norm(np.asarray(state.params[name]["kernel"]), axis=0)
+    assert norms.max() <= 0.5 * (1 + 1e-5) and norms.max() > 0.45  # binding, and respected
+  assert np.linalg.norm(np.asarray(state.params["logits"]["kernel"]), axis=0).max() > 0.5
+
+
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_rng_impl_makes_keys_of_that_generator_and_epochs_stay_deterministic(tiny_config, impl):
+  tiny_config.model.dropout = (0.5,)
+  keys = train.run_keys(0, impl)
+  assert str(jax.random.key_impl(keys["epochs"])) == impl
+  dd = _device_data(tiny_config)
+  key = train.epoch_key(keys["epochs"], 1)
+  runs = [train.train_epoch(train.create_train_state(keys["init"], tiny_config), dd.images,
+                            dd.labels, key, 64)[0] for _ in range(2)]
+  assert _leaves_equal(runs[0].params, runs[1].params)  # the same key, the same bits
+  state = train.create_train_state(keys["init"], tiny_config)
+  threefry = train.create_train_state(train.run_keys(0)["init"], tiny_config)
+  assert not _leaves_equal(state.params, threefry.params)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
+    ("optimizer.max_norm", -1.0, "max_norm=-1.0 must be >= 0"),
+    ("rng_impl", "philox", "rng_impl='philox' is not one of threefry, rbg, unsafe_rbg"),
+])
+def test_new_options_are_validated(field, value, message):
+  from mnist_jax import config as config_lib
+  config = config_lib.load("adam_mlp")
+  *group, key = field.split(".")
+  (config[group[0]] if group else config)[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)
