@@ -32,7 +32,6 @@ if str(REPO_ROOT) not in sys.path:
 def time_epochs(config, num_seeds: int, num_devices: int, epochs: int) -> dict:
   """Seconds per epoch of `num_seeds` vmapped replicas on a mesh of `num_devices`."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from mnist_jax import data, train  # pylint: disable=import-outside-toplevel
   config = config.copy_and_resolve_references()
   config.num_seeds = num_seeds
@@ -40,15 +39,7 @@ def time_epochs(config, num_seeds: int, num_devices: int, epochs: int) -> dict:
   split = data.load(config.data).train
   dd = train.DeviceData.put(split, config.data.preprocess, mesh)
   batch_size = config.train.batch_size
-  seeds = jnp.arange(config.seed, config.seed + num_seeds)
-  if num_seeds == 1:
-    state = train.create_train_state(train.run_keys(config.seed)["init"], config)
-    epoch_fn, keys_of = train.train_epoch, lambda e: train.epoch_key(
-        train.run_keys(config.seed)["epochs"], e)
-  else:
-    state = train.create_replica_states(config)
-    epoch_fn = train.train_epoch_replicas
-    keys_of = lambda e: jax.vmap(lambda s: train.epoch_key(train.run_keys(s)["epochs"], e))(seeds)
+  state, keys_of, epoch_fn, _ = train.init_run(config)  # as train_and_evaluate builds a run
   state = train.put_replicated(state, mesh)
   seconds = []
   for epoch in range(1, epochs + 1):

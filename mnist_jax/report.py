@@ -114,11 +114,7 @@ def load_run(workdir, replica: int = 0) -> Run:
   num_replicas = len(train.replica_settings(config))
   if not 0 <= replica < num_replicas:
     raise RunError(f"Replica {replica} does not exist: the run has {num_replicas}.")
-  if num_replicas == 1:
-    make = lambda: train.create_train_state(jax.random.key(0), config, input_dim, steps_per_epoch)
-  else:
-    make = lambda: train.create_replica_states(config, input_dim, steps_per_epoch)
-  template = jax.eval_shape(make)
+  template = jax.eval_shape(lambda: train.init_run(config, input_dim, steps_per_epoch)[0])
   summary_path = workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
   directory, epoch = workdir / "checkpoints", None

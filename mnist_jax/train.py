@@ -389,6 +389,24 @@ def create_replica_states(config, input_dim: int = 784,
   return jax.vmap(one)(seeds, rates)
 
 
+def init_run(config, input_dim: int = 784, steps_per_epoch: Optional[int] = None):
+  """(state, keys_of_epoch, train_epoch fn, evaluate fn) of a run: one model, or its replicas.
+
+  One model when replica_settings(config) has one entry; else stacked replica states with the
+  vmapped functions. `keys_of_epoch(epoch)` is the key (or keys) to pass that epoch.
+  """
+  replicas = replica_settings(config)
+  if len(replicas) == 1:
+    keys = run_keys(config.seed, config.rng_impl)
+    state = create_train_state(keys["init"], config, input_dim, steps_per_epoch)
+    return state, functools.partial(epoch_key, keys["epochs"]), train_epoch, evaluate
+  seeds = jnp.array([r["seed"] for r in replicas])
+  keys_of_epoch = lambda epoch: jax.vmap(
+      lambda s: epoch_key(run_keys(s, config.rng_impl)["epochs"], epoch))(seeds)
+  return (create_replica_states(config, input_dim, steps_per_epoch), keys_of_epoch,
+          train_epoch_replicas, evaluate_replicas)
+
+
 @functools.partial(jax.jit, static_argnames=("batch_size",))
 def predict_probabilities(state: TrainState, images: jax.Array, batch_size: int = 2000):
   """Softmax probabilities (N, classes) for a whole split, in one compiled call."""
@@ -715,18 +733,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   steps_per_epoch = math.ceil(len(train) / batch_size)
 
   replicas = replica_settings(config)
+  state, keys_of_epoch, run_epoch, run_evaluate = init_run(config, train.images.shape[1],
+                                                           steps_per_epoch)
   if len(replicas) == 1:
-    keys = run_keys(config.seed, config.rng_impl)
-    state = create_train_state(keys["init"], config, train.images.shape[1], steps_per_epoch)
-    keys_of_epoch = functools.partial(epoch_key, keys["epochs"])
-    run_epoch, run_evaluate = train_epoch, evaluate
     log.info("Model summary:\n%s", model_summary(state, config))
   else:
-    state = create_replica_states(config, train.images.shape[1], steps_per_epoch)
-    seeds = jnp.array([r["seed"] for r in replicas])
-    keys_of_epoch = lambda epoch: jax.vmap(
-        lambda s: epoch_key(run_keys(s, config.rng_impl)["epochs"], epoch))(seeds)
-    run_epoch, run_evaluate = train_epoch_replicas, evaluate_replicas
     log.info("Model summary (each replica):\n%s",
              model_summary(jax.tree.map(lambda x: x[0], state), config))
     log.info("Training %d replicas in one vmapped program (seed, learning rate): %s",
