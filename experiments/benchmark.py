@@ -176,17 +176,15 @@ def worker_mnist_jax(args) -> None:
   train_data = train.DeviceData.put(splits.train, cfg.data.preprocess, mesh)
   test_data = train.DeviceData.put(splits.test, cfg.data.preprocess, mesh)
   batch_size = cfg.train.batch_size
-  keys = train.run_keys(cfg.seed)
-  state = jax.device_put(
-      train.create_train_state(keys["init"], cfg, train_data.images.shape[1],
-                               math.ceil(len(train_data) / batch_size)),
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  state, keys_of_epoch, _, _ = train.init_run(cfg, train_data.images.shape[1],
+                                              math.ceil(len(train_data) / batch_size))
+  state = train.put_replicated(state, mesh)
   jax.block_until_ready(state)
   seconds, sums = [], None
   for epoch in range(1, args.epochs + 1):
     started = time.perf_counter()
     state, sums, first_bad = train.train_epoch(
-        state, train_data.images, train_data.labels, train.epoch_key(keys["epochs"], epoch),
+        state, train_data.images, train_data.labels, keys_of_epoch(epoch),
         batch_size, cfg.train.label_smoothing, mesh)
     jax.block_until_ready((state, sums, first_bad))
     seconds.append(time.perf_counter() - started)
