@@ -59,18 +59,23 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for candidate in candidates:
       try:
-        restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+        # Compared before reading any array: a failed orbax read leaves reports behind at exit.
+        mismatch = _first_mismatch(self._manager.metadata(candidate).item_metadata, abstract)
+        if mismatch is None:
+          restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except  # truncated or damaged files
         _hide_leftovers_of_failed_reads()
-        if _is_shape_mismatch(e):
-          raise CheckpointError(
-              f"The checkpoint of epoch {candidate} in {self.directory} was saved by a model or "
-              f"optimizer of a different shape than this config builds "
-              f"({_first_lines(e, 2).split('. ')[0]}). Use a new --workdir for this config, or "
-              f"the config that made the checkpoint.") from None
-        log.warning("Skipping the checkpoint of epoch %d in %s: it is incomplete or damaged "
-                    "(%s: %s).", candidate, self.directory, type(e).__name__, _first_lines(e, 1))
-        continue
+        mismatch = _first_lines(e, 2).split(". ")[0] if _is_shape_mismatch(e) else None
+        if mismatch is None:
+          log.warning("Skipping the checkpoint of epoch %d in %s: it is incomplete or damaged "
+                      "(%s: %s).", candidate, self.directory, type(e).__name__,
+                      _first_lines(e, 1))
+          continue
+      if mismatch is not None:
+        raise CheckpointError(
+            f"The checkpoint of epoch {candidate} in {self.directory} was saved by a model or "
+            f"optimizer of a different shape than this config builds ({mismatch}). Use a new "
+            f"--workdir for this config, or the config that made the checkpoint.")
       restored = {**{k: v for k, v in _UNSAVED.items() if k not in restored}, **restored}
       return flax.serialization.from_state_dict(template, restored), candidate
     return None
@@ -105,6 +110,22 @@ def _state_dict(state) -> dict:
   state_dict = flax.serialization.to_state_dict(state)
   return {k: v for k, v in state_dict.items()
           if not (k in _UNSAVED and isinstance(v, dict) and not v)}
+
+
+def _first_mismatch(stored, abstract) -> Optional[str]:
+  """The first array whose name or shape differs between a checkpoint and the template, or None."""
+  def shapes(tree):  # python scalars (the step) have no .shape
+    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+  stored_shapes, wanted_shapes = shapes(getattr(stored, "tree", stored)), shapes(abstract)
+  for name in sorted(stored_shapes.keys() | wanted_shapes.keys()):
+    stored_shape, wanted_shape = stored_shapes.get(name), wanted_shapes.get(name)
+    if stored_shape != wanted_shape:
+      return (f"{name}: this config builds "
+              f"{wanted_shape if wanted_shape is not None else 'no such array'}, the checkpoint "
+              f"holds {stored_shape if stored_shape is not None else 'no such array'}")
+  return None
 
 
 def _is_shape_mismatch(error: Exception) -> bool:
