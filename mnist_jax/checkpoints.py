@@ -15,6 +15,7 @@ from typing import Optional
 
 import flax.serialization
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("mnist_jax")
@@ -35,16 +36,27 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+            max_to_keep=keep, create=True, enable_async_checkpointing=True))
 
   def save(self, epoch: int, state) -> None:
-    """Save `state` as the checkpoint of `epoch`, replacing a damaged one of the same epoch."""
+    """Start saving `state` as the checkpoint of `epoch` (replacing a damaged one of that epoch).
+
+    Returns once the arrays are copied to host memory; files are written in the background
+    while training goes on (`wait`, `close` and every read wait for them). The copies are the
+    checkpoint's own: the next epoch may reuse (donate) the state's device buffers.
+    """
+    self.wait()
     if epoch in self._manager.all_steps():
       self._manager.delete(epoch)
-    self._manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)), force=True)
+    host_copy = jax.tree.map(_host_copy, _state_dict(state))
+    self._manager.save(epoch, args=ocp.args.StandardSave(host_copy), force=True)
+
+  def wait(self) -> None:
+    """Block until the last save is completely written."""
     self._manager.wait_until_finished()
 
   def epochs(self) -> list[int]:
+    self.wait()
     return sorted(self._manager.all_steps())
 
   def restore(self, template, epoch: Optional[int] = None) -> tuple[object, int] | None:
@@ -54,6 +66,7 @@ class Checkpointer:
     non-array parts (apply_fn, tx). A checkpoint of a different shape raises CheckpointError
     rather than being skipped: it means the workdir belongs to another config.
     """
+    self.wait()
     candidates = [epoch] if epoch is not None else self.epochs()[::-1]
     target = _state_dict(template)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -98,12 +111,17 @@ class Checkpointer:
         self._manager.delete(newer)
 
   def close(self) -> None:
-    self._manager.close()
+    self._manager.close()  # waits for the last save
 
 
 # Fields left out of a checkpoint while they hold this empty value: a run without a moving
 # average of its weights saves exactly what runs saved before that option existed.
 _UNSAVED = {"ema_params": {}}
+
+
+def _host_copy(x):
+  """A numpy copy (never a view of a device buffer); of a replicated array, this host's copy."""
+  return np.array(x.addressable_data(0) if isinstance(x, jax.Array) else x)
 
 
 def _state_dict(state) -> dict:
