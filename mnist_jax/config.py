@@ -54,6 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.dropout = ()  # a rate after each hidden layer, e.g. (0.5, 0.5); () = none
   config.model.input_dropout = 0.0
   config.model.input_batchnorm = False  # BatchNorm on the flattened input (T4)
+  config.model.hidden_batchnorm = False  # BatchNorm after each hidden Dense, before activation
+  config.model.gaussian_noise = 0.0  # std of N(0, s^2) added to input and hidden pre-activations
   config.model.batchnorm_momentum = 0.99
   config.model.batchnorm_epsilon = 1e-3
   config.model.kernel_init = "glorot_uniform"  # Keras's Dense default
@@ -186,6 +188,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   rates = tuple(model.dropout) + (model.input_dropout,)
   require(all(0 <= r < 1 for r in rates),
           f"dropout rates {rates} must each be in [0, 1): a rate of 1 drops everything.")
+  require(model.gaussian_noise >= 0,
+          f"config.model.gaussian_noise={model.gaussian_noise} must be >= 0 (0 = off).")
   require(len(model.dropout) in (0, len(model.hidden_sizes)),
           f"config.model.dropout={tuple(model.dropout)} needs one rate per hidden layer "
           f"({len(model.hidden_sizes)}), or () for none.")

@@ -26,16 +26,21 @@ KERNEL_INITS = {
 
 
 class MLP(nn.Module):
-  """Flatten -> [BatchNorm] -> [Dropout] -> (Dense -> activation -> [Dropout])* -> Dense logits.
+  """Flatten -> [BatchNorm] -> [Dropout] -> [+noise] -> (Dense -> [BatchNorm] -> [+noise] ->
+  activation -> [Dropout])* -> Dense logits.
 
   Returns logits: the softmax of the Keras models lives in the loss, which is the same function
-  computed stably.
+  computed stably. `gaussian_noise` (training only) adds N(0, sigma^2) to the input and to every
+  hidden pre-activation, as in the supervised part of ladder networks (Rasmus et al. 2015), where
+  with BatchNorm in every layer (`hidden_batchnorm`) it is the main regulariser.
   """
   hidden_sizes: Sequence[int]
   activation: str = "relu"
   dropout: Sequence[float] = ()
   input_dropout: float = 0.0
   input_batchnorm: bool = False
+  hidden_batchnorm: bool = False
+  gaussian_noise: float = 0.0
   batchnorm_momentum: float = 0.99
   batchnorm_epsilon: float = 1e-3
   kernel_init: str = "glorot_uniform"
@@ -50,17 +55,28 @@ class MLP(nn.Module):
   def __call__(self, images, train: bool = False, mask: Optional[jax.Array] = None):
     """`mask` (batch,) marks real examples, so padding never enters BatchNorm's statistics."""
     x = images.reshape(images.shape[0], -1).astype(jnp.float32)
+    real = None if mask is None else mask[:, None] > 0
+    batchnorm = lambda name: nn.BatchNorm(
+        use_running_average=not train, momentum=self.batchnorm_momentum,
+        epsilon=self.batchnorm_epsilon, name=name)
     if self.input_batchnorm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.batchnorm_momentum,
-                       epsilon=self.batchnorm_epsilon, name="input_batchnorm")(
-                           x, mask=None if mask is None else mask[:, None] > 0)
+      x = batchnorm("input_batchnorm")(x, mask=real)
     if self.input_dropout:
       x = nn.Dropout(self.input_dropout, deterministic=not train, name="input_dropout")(x)
+    x = self._noise(x, train)
     init = KERNEL_INITS[self.kernel_init]
     rates = tuple(self.dropout) or (0.0,) * len(self.hidden_sizes)
     for i, (width, rate) in enumerate(zip(self.hidden_sizes, rates)):
       x = nn.Dense(width, kernel_init=init, name=f"dense_{i}")(x)
-      x = ACTIVATIONS[self.activation](x)
+      if self.hidden_batchnorm:
+        x = batchnorm(f"batchnorm_{i}")(x, mask=real)
+      x = ACTIVATIONS[self.activation](self._noise(x, train))
       if rate:
         x = nn.Dropout(rate, deterministic=not train, name=f"dropout_{i}")(x)
     return nn.Dense(self.num_classes, kernel_init=init, name="logits")(x)
+
+  def _noise(self, x, train: bool):
+    if not (train and self.gaussian_noise):
+      return x
+    # From the "dropout" stream, so train_step's one key drives every random choice of a step.
+    return x + self.gaussian_noise * jax.random.normal(self.make_rng("dropout"), x.shape, x.dtype)

@@ -479,14 +479,16 @@ def model_summary(state: TrainState, config) -> str:
   """A Keras-like table: layer, output shape, parameter counts."""
   rows = [("Layer", "Output shape", "Params")]
   trainable = non_trainable = 0
-  for name, params in state.params.items():
+  activated = "batchnorm_" if config.model.hidden_batchnorm else "dense_"  # then the activation
+  for name in sorted(state.params, key=_layer_position):
+    params = state.params[name]
     count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     stats = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.batch_stats.get(name, {})))
     trainable += count
     non_trainable += stats
     width = params["bias"].shape[0]
     kind = "Dense" if "kernel" in params else "BatchNorm"
-    if name.startswith("dense_"):
+    if name.startswith(activated):
       kind += f" ({config.model.activation})"
     elif name == "logits":
       kind += " (softmax in loss)"
@@ -498,6 +500,16 @@ def model_summary(state: TrainState, config) -> str:
   lines.append(f"Total params: {trainable + non_trainable:,} "
                f"(trainable {trainable:,}, non-trainable {non_trainable:,})")
   return "\n".join(lines)
+
+
+def _layer_position(name: str) -> tuple:
+  """Order of the layers in the network (parameter dicts come sorted by name)."""
+  if name == "input_batchnorm":
+    return (-1, 0)
+  if name == "logits":
+    return (math.inf, 0)
+  kind, _, index = name.rpartition("_")
+  return (int(index), 0 if kind == "dense" else 1)
 
 
 # ---------------------------------------------------------------------------------------------

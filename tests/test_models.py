@@ -50,3 +50,30 @@ def test_dropout_is_active_only_in_training():
   np.testing.assert_array_equal(deterministic[0], deterministic[1])
   dropped = state.apply_fn(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
   assert not np.allclose(dropped, deterministic[0])
+
+
+def test_hidden_batchnorm_and_gaussian_noise():
+  """Noise perturbs training passes only; each hidden layer gets its own BatchNorm."""
+  config = config_lib.load("adam_mlp")
+  config.model.hidden_sizes = (16, 8)
+  config.model.hidden_batchnorm = True
+  config.model.gaussian_noise = 0.3
+  state = train.create_train_state(jax.random.key(0), config, input_dim=20)
+  assert {"batchnorm_0", "batchnorm_1"} <= set(state.batch_stats)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  x = jax.random.uniform(jax.random.key(1), (6, 20))
+  np.testing.assert_array_equal(state.apply_fn(variables, x), state.apply_fn(variables, x))
+
+  def train_pass(key):
+    return state.apply_fn(variables, x, train=True, rngs={"dropout": key},
+                          mutable=["batch_stats"])
+  (a, stats), (b, _) = train_pass(jax.random.key(2)), train_pass(jax.random.key(3))
+  assert not np.allclose(a, b)
+  assert not np.allclose(stats["batch_stats"]["batchnorm_1"]["mean"], 0.0)  # updated
+
+
+def test_negative_gaussian_noise_is_a_config_error():
+  config = config_lib.load("adam_mlp")
+  config.model.gaussian_noise = -0.1
+  with pytest.raises(config_lib.ConfigError, match="gaussian_noise"):
+    config_lib.validate(config)
