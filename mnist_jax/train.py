@@ -44,7 +44,7 @@ log = logging.getLogger("mnist_jax")
 
 
 def _compiler_options() -> dict:
-  """XLA options for every compiled function of this module.
+  """XLA options for the whole-epoch and whole-split functions below.
 
   jaxlib 0.10's XLA:CPU hands matrix products to YNNPACK by default; for this repo's small batches
   its Eigen path is faster: one 32x784 @ 784x100 product takes 54 us instead of 110 us, and whole
