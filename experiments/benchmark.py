@@ -107,10 +107,14 @@ def peer_support(cfg) -> str:
   problems = []
   if m.input_batchnorm or m.input_dropout:
     problems.append("input BatchNorm/Dropout")
+  if m.hidden_batchnorm or m.gaussian_noise:
+    problems.append("hidden BatchNorm/Gaussian noise")
   if m.kernel_init != "glorot_uniform":
     problems.append(f"kernel_init={m.kernel_init}")
   if o.name not in ("adam", "rmsprop", "sgd") or o.schedule != "constant" or o.grad_clip_norm:
     problems.append(f"optimizer {o.name}/{o.schedule}/clip={o.grad_clip_norm}")
+  if o.max_norm or cfg.train.ema_decay:
+    problems.append(f"max_norm={o.max_norm}/ema_decay={cfg.train.ema_decay}")
   if cfg.train.label_smoothing:
     problems.append("label smoothing")
   return ", ".join(problems)
