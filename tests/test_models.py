@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import config as config_lib
-from mnist_jax import train
+from mnist_jax import models, train
 
 # Parameter counts as Keras's model.summary() reports them (BatchNorm counts its moving statistics).
 KERAS_PARAMS = {
@@ -83,15 +83,14 @@ def test_narrow_matmul_has_the_plain_products_values_and_derivatives():
   """The logits layer's custom weight-gradient orientation changes nothing but speed: values,
   reverse and forward derivatives (also w.r.t. the input), second derivatives and vmap agree with
   jax's own rule for x @ kernel."""
-  from mnist_jax.models import narrow_matmul  # pylint: disable=import-outside-toplevel
   kx, kk, kt = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (32, 100))
   kernel = jax.random.normal(kk, (100, 10))
   target = jax.random.normal(kt, (32, 10))
   loss = lambda matmul: lambda x, k: jnp.sum(jnp.tanh(matmul(x, k)) * target[:, :k.shape[1]])
-  ours, plain = loss(narrow_matmul), loss(jnp.matmul)
+  ours, plain = loss(models.narrow_matmul), loss(jnp.matmul)
   small_x, small_kernel = x[:, :5], kernel[:5, :3]
-  np.testing.assert_array_equal(narrow_matmul(x, kernel), x @ kernel)
+  np.testing.assert_array_equal(models.narrow_matmul(x, kernel), x @ kernel)
   for got, want in [
       (jax.grad(ours, (0, 1))(x, kernel), jax.grad(plain, (0, 1))(x, kernel)),
       (jax.jvp(lambda k: ours(x, k), (kernel,), (kernel,)),
