@@ -51,13 +51,11 @@ def _narrow_matmul_jvp(primals, tangents):
   x, kernel = primals
   dx, dkernel = tangents
   barrier = jax.lax.optimization_barrier
-  out = x @ kernel
-  terms = []
-  if not isinstance(dx, SymbolicZero):
-    terms.append(dx @ kernel)
-  if not isinstance(dkernel, SymbolicZero):  # transposed by reverse mode into (barrier(g^T) x)^T
-    terms.append(barrier(barrier(dkernel.T) @ x.T).T)
-  return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+  out = x @ kernel  # jax calls this rule only when dx or dkernel is nonzero
+  if isinstance(dkernel, SymbolicZero):
+    return out, dx @ kernel
+  dout = barrier(barrier(dkernel.T) @ x.T).T  # transposed by reverse mode into (barrier(g^T) x)^T
+  return out, dout if isinstance(dx, SymbolicZero) else dx @ kernel + dout
 
 
 # Where narrow_matmul is used: measured on a 2-core Xeon, at batch 1024 (sigmoid_mlp) it was no
