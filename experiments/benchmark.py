@@ -296,14 +296,14 @@ def worker_jax_scan(args) -> None:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+  from mnist_jax.models import ACTIVATIONS  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_enable_compilation_cache", False)
   cfg = load_config(args.config)
   arrays = np.load(args.arrays)
   x_train, y_train, x_test, y_test = (jnp.asarray(arrays[k])
                                       for k in ("x_train", "y_train", "x_test", "y_test"))
   m, o = cfg.model, cfg.optimizer
-  activation = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
-                "gelu": jax.nn.gelu, "elu": jax.nn.elu, "swish": jax.nn.swish}[m.activation]
+  activation = ACTIVATIONS[m.activation]  # jax.nn's functions, as mnist_jax's model uses them
   sizes = layer_sizes(cfg, x_train.shape[1])
   init_key, epochs_key = jax.random.split(jax.random.key(args.seed))
   glorot = jax.nn.initializers.glorot_uniform()
