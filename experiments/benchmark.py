@@ -111,10 +111,12 @@ def flops_per_example(sizes: list[int]) -> int:
   return 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
 
 
-def peer_support(cfg) -> str:
-  """'' if the peers can build this config exactly, else why not."""
+def peer_support(cfg, system: str) -> str:
+  """'' if the peer `system` can build this config exactly, else why not."""
   m, o = cfg.model, cfg.optimizer
   problems = []
+  if system == "jax_scan" and any(m.dropout):
+    problems.append("dropout")
   if m.input_batchnorm or m.input_dropout:
     problems.append("input BatchNorm/Dropout")
   if m.hidden_batchnorm or m.gaussian_noise:
@@ -723,14 +725,11 @@ def main(argv=None) -> int:
           "flops_per_example": flops_per_example(sizes),
           "flops_per_epoch": flops_per_example(sizes) * n_train,
           "runs": {s: [] for s in systems}, "systems": {}}
-      unsupported = peer_support(cfg)
       for s in systems:
         if not available[s]:
           results[name]["systems"][s] = {"status": "not installed"}
-        elif s != "mnist_jax" and unsupported:
+        elif s != "mnist_jax" and (unsupported := peer_support(cfg, s)):
           results[name]["systems"][s] = {"status": f"unsupported ({unsupported})"}
-        elif s == "jax_scan" and (any(cfg.model.dropout) or cfg.model.input_dropout):
-          results[name]["systems"][s] = {"status": "unsupported (dropout)"}
 
     for repeat in range(args.repeats):
       for name, cfg in loaded.items():

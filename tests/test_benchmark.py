@@ -23,6 +23,6 @@ def test_benchmark_runs_and_writes_its_table(tmp_path):
   for system in ("mnist_jax", "jax_scan"):
     s = entry["systems"][system]
     assert s["steady_epochs"] == 1 and s["steady_min"] > 0, s
-    assert s["test_accuracy_mean"] > 0.9, s  # one epoch of adam_mlp: ~0.96
+    assert s["test_accuracy_mean"] > 0.9, s  # two epochs of adam_mlp: ~0.97
   table = (out / "benchmark.md").read_text()
   assert "| adam_mlp | mnist_jax | cpu |" in table and "| adam_mlp | jax_scan | cpu |" in table
