@@ -2,8 +2,8 @@
 # Set up .venv (once) and run the main job, or the tests.
 #   ./run.sh                  train adam_mlp (tutorial T0)
 #   ./run.sh test [ARGS]      run the test suite (ARGS go to pytest)
-#   ./run.sh bench [ARGS]     install requirements-bench.txt (Keras, PyTorch) into .venv and run
-#                             experiments/benchmark.py ARGS (see README.md, Benchmark)
+#   ./run.sh bench [ARGS]     install requirements-bench.txt (Keras, TensorFlow, PyTorch) into .venv
+#                             and run python -m experiments.benchmarks.benchmark ARGS (README.md, Benchmark)
 #   ./run.sh ARGS             python -m mnist_jax.main ARGS, e.g. ./run.sh --config=rmsprop_mlp
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,13 +23,13 @@ if [ "${1:-}" = "test" ]; then
   exec .venv/bin/python -m pytest tests "$@"
 elif [ "${1:-}" = "bench" ]; then
   shift
-  # requirements-bench.txt includes requirements.txt: reinstall when either changed.
-  if ! cat requirements.txt requirements-bench.txt | cmp -s - .venv/requirements-bench.installed; then
+  # requirements-bench.txt includes requirements-tf.txt and requirements.txt: reinstall when any changed.
+  if ! cat requirements.txt requirements-tf.txt requirements-bench.txt | cmp -s - .venv/requirements-bench.installed; then
     echo "Installing the benchmark's peers (requirements-bench.txt) into .venv ..."
     .venv/bin/python -m pip install --quiet -r requirements-bench.txt
-    cat requirements.txt requirements-bench.txt > .venv/requirements-bench.installed
+    cat requirements.txt requirements-tf.txt requirements-bench.txt > .venv/requirements-bench.installed
   fi
-  exec .venv/bin/python experiments/benchmark.py "$@"
+  exec .venv/bin/python -m experiments.benchmarks.benchmark "$@"
 elif [ $# -eq 0 ]; then
   exec .venv/bin/python -m mnist_jax.main --config=adam_mlp
 else
