@@ -7,11 +7,11 @@ Reported: 97.80% train / 97.83% test accuracy.
     python -m mnist_jax.main --config=adam_mlp_784_dropout
 """
 
-from experiments.adam_mlp_784 import get_config as t1_model_a_config
+from mnist_jax import config as config_lib
 
 
 def get_config():
-  config = t1_model_a_config()
+  config = config_lib.load("adam_mlp_784")  # T1 model A, which this variant extends
   config.model.hidden_sizes = (784, 130)
   config.model.dropout = (0.5, 0.5)
   return config

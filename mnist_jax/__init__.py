@@ -1,4 +1,5 @@
 """mnist_jax: multilayer perceptrons on MNIST in JAX/Flax, reproducible to the bit.
 
-data -> models -> train -> (report, predict); main.py is the command line.
+config -> data -> models -> optim -> train -> (parallel, replicas) -> loop -> workdir -> report;
+main.py is the command line. README.md, Architecture, lists what each module does.
 """

@@ -162,6 +162,12 @@ def _hide_leftovers_of_failed_reads() -> None:
   Its pending tensorstore callbacks later hit orbax's closed event loop, and its unawaited
   coroutines and unretrieved task errors are reported when collected (often at exit), each with
   a traceback. Exactly those reports are dropped; everything else is still shown.
+
+  Why process-wide and not scoped to the read: the reports come from the garbage collector and
+  orbax's background threads after the failed read has returned, up to interpreter exit, so a
+  context manager around the read would already be gone when they arrive. The hooks are installed
+  only once a read has failed (never in a run whose checkpoints are sound), and each matches one
+  exact message.
   """
   global _hiding_leftovers  # pylint: disable=global-statement
   if _hiding_leftovers:

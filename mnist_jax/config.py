@@ -1,10 +1,16 @@
 """Experiment configs: the defaults every experiment starts from, lookup by name, and validation.
 
 An experiment is a Python file in `experiments/` whose `get_config()` returns a `ConfigDict`
-(the Flax-examples / big_vision convention). It starts from `default_config()` and changes
-only what its tutorial changes, so the file reads as the diff from a plain Keras setup.
+(the Flax-examples / big_vision convention). It starts from `default_config()` (or from another
+experiment, via `load`) and changes only what its tutorial or paper changes, so the file reads as
+the diff from a plain Keras setup.
+
+The choices of a field (optimizers, activations, ...) are not listed here: each lives in one
+registry beside the code that implements it (`optim.OPTIMIZERS`, `models.ACTIVATIONS`, ...), and
+`validate` reads them, so adding a choice is one edit in one file.
 """
 
+import functools
 import importlib.util
 import pathlib
 
@@ -13,22 +19,22 @@ import ml_collections
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 
-# Modules in experiments/ that are tools, not configs.
-_NOT_CONFIGS = {"benchmark", "scaling_benchmark"}
-
 
 class ConfigError(ValueError):
   """A config that cannot be run; the message says what is wrong and how to fix it."""
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say."""
+  """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say.
+
+  Long by design: every field, with what it means, in one place.
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0  # one integer seeds init, shuffling and dropout
-  # Random bit generator of those keys: threefry (jax's default: the same bits on every platform,
-  # and a vmapped replica equals the single run of its seed) | rbg | unsafe_rbg (XLA's
-  # RngBitGenerator: cheaper dropout masks; bits may differ across platforms and JAX versions, and
-  # vmapped replicas all draw from the first replica's key, so replica k is not seed k's single run).
+  # Random bit generator of those keys (train.RNG_IMPLS): threefry (jax's default: the same bits on
+  # every platform, and a vmapped replica equals the single run of its seed), or rbg / unsafe_rbg
+  # (XLA's RngBitGenerator: cheaper dropout masks; bits may differ across platforms and JAX
+  # versions, and vmapped replicas all draw from the first replica's key).
   config.rng_impl = "threefry"
   # Replicas trained together in one vmapped program: seeds seed, seed+1, ..., x the sweep grid.
   config.num_seeds = 1
@@ -37,20 +43,19 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"  # a tfds image-classification dataset name
-  config.data.source = "auto"  # auto (tfds if installed, else idx) | tfds | idx
+  config.data.source = "auto"  # data.SOURCES; auto = tfds if installed, else idx
   config.data.idx_dir = ""  # IDX files; "" = the repo's data/<name>
   config.data.tfds_dir = ""  # tfds data_dir; "" = the repo's data/tfds
-  config.data.preprocess = "scale"  # scale (/255) | l2_rows (keras.utils.normalize) | raw
-  # none | train_tail (Keras validation_split: the LAST fraction of the training set)
-  # | test_halves (test set split in two with a seed, like train_test_split) | test
-  config.data.validation = "none"
+  config.data.preprocess = "scale"  # data.PREPROCESSORS; scale = /255
+  config.data.validation = "none"  # data.VALIDATION_SCHEMES, e.g. train_tail (Keras's validation_split)
   config.data.validation_fraction = 0.2  # for train_tail
   config.data.validation_seed = 1  # for test_halves (sklearn random_state)
   config.data.train_subset = 0  # >0: use only the first N training examples (quick runs, tests)
 
   config.model = ml_collections.ConfigDict()
+  config.model.name = "mlp"  # models.MODELS
   config.model.hidden_sizes = (100,)
-  config.model.activation = "relu"  # relu | sigmoid | tanh | gelu | elu | swish
+  config.model.activation = "relu"  # models.ACTIVATIONS
   config.model.dropout = ()  # a rate after each hidden layer, e.g. (0.5, 0.5); () = none
   config.model.input_dropout = 0.0
   config.model.input_batchnorm = False  # BatchNorm on the flattened input (T4)
@@ -58,11 +63,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.gaussian_noise = 0.0  # std of N(0, s^2) added to input and hidden pre-activations
   config.model.batchnorm_momentum = 0.99
   config.model.batchnorm_epsilon = 1e-3
-  config.model.kernel_init = "glorot_uniform"  # Keras's Dense default
+  config.model.kernel_init = "glorot_uniform"  # models.KERNEL_INITS; Keras's Dense default
   config.model.num_classes = 10
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"  # adam | adamw | rmsprop | sgd
+  config.optimizer.name = "adam"  # optim.OPTIMIZERS
   config.optimizer.learning_rate = 1e-3
   config.optimizer.b1 = 0.9  # adam, adamw
   config.optimizer.b2 = 0.999  # adam, adamw
@@ -71,8 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.0  # sgd, rmsprop
   config.optimizer.nesterov = False  # sgd
   config.optimizer.weight_decay = 0.0  # adamw (decoupled)
-  config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
-  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.schedule = "constant"  # optim.SCHEDULES
+  config.optimizer.warmup_epochs = 0.0  # warmup_cosine: epochs of linear warmup from 0
+  config.optimizer.decay_epochs = 0.0  # linear_tail: the last epochs, decayed linearly to 0
   config.optimizer.grad_clip_norm = 0.0  # >0: clip the global gradient norm
   # >0: after each step, rescale every hidden unit's incoming weight vector (kernel column) to at
   # most this L2 norm (max-norm, Srivastava et al. 2014: typically 2-4 with dropout).
@@ -89,7 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1  # epochs between checkpoints
   config.train.keep_checkpoints = 2
   # With validation, the best epoch by `monitor` is also kept, in checkpoints_best/.
-  config.train.monitor = "val_accuracy"  # val_accuracy | val_loss (Keras's `monitor`)
+  config.train.monitor = "val_accuracy"  # loop.MONITORS (Keras's `monitor`)
   # Early stopping (Keras EarlyStopping): >0 stops after this many epochs without improvement
   # of `monitor`; needs validation. 0 = off.
   config.train.early_stopping_patience = 0
@@ -102,9 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def available() -> list[str]:
-  """Names accepted by `--config=NAME`."""
-  return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")
-                if not p.stem.startswith("_") and p.stem not in _NOT_CONFIGS)
+  """Names accepted by `--config=NAME`: the experiment files in experiments/."""
+  return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
 def resolve(name_or_path: str) -> pathlib.Path:
@@ -117,14 +122,18 @@ def resolve(name_or_path: str) -> pathlib.Path:
                       f"Give a path to a .py file with get_config(), or one of: "
                       f"{', '.join(available())}.")
   candidate = EXPERIMENTS_DIR / f"{name_or_path}.py"
-  if candidate.is_file() and name_or_path not in _NOT_CONFIGS:
+  if candidate.is_file():
     return candidate
   raise ConfigError(f"Unknown config {name_or_path!r}. Available configs: "
                     f"{', '.join(available())}. A path to a .py file with get_config() works too.")
 
 
 def load(name_or_path: str) -> ml_collections.ConfigDict:
-  """The config of an experiment, by name or path, validated."""
+  """The config of an experiment, by name or path, validated.
+
+  Experiments that extend another one call this too (`load("adam_mlp_784")`), so a config file is
+  always loaded by its path, never imported as a package module.
+  """
   path = resolve(name_or_path)
   spec = importlib.util.spec_from_file_location(f"mnist_jax_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
@@ -136,26 +145,34 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
   return config
 
 
-_CHOICES = {
-    ("data", "source"): ("auto", "tfds", "idx"),
-    ("data", "preprocess"): ("scale", "l2_rows", "raw"),
-    ("data", "validation"): ("none", "train_tail", "test_halves", "test"),
-    ("model", "activation"): ("relu", "sigmoid", "tanh", "gelu", "elu", "swish"),
-    ("model", "kernel_init"): ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
-                               "lecun_uniform", "lecun_normal"),
-    ("optimizer", "name"): ("adam", "adamw", "rmsprop", "sgd"),
-    ("optimizer", "schedule"): ("constant", "cosine", "warmup_cosine"),
-    ("train", "monitor"): ("val_accuracy", "val_loss"),
-}
+def _choices() -> dict:
+  """(group, field) -> the registry its value must be a key of."""
+  # Imported here: they import jax, and data.py imports this module.
+  from mnist_jax import data, loop, models, optim, train  # pylint: disable=import-outside-toplevel
+  return {
+      ("data", "source"): data.SOURCES,
+      ("data", "preprocess"): data.PREPROCESSORS,
+      ("data", "validation"): data.VALIDATION_SCHEMES,
+      ("model", "name"): models.MODELS,
+      ("model", "activation"): models.ACTIVATIONS,
+      ("model", "kernel_init"): models.KERNEL_INITS,
+      ("optimizer", "name"): optim.OPTIMIZERS,
+      ("optimizer", "schedule"): optim.SCHEDULES,
+      ("train", "monitor"): loop.MONITORS,
+      ("rng_impl",): train.RNG_IMPLS,
+  }
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raise ConfigError for values that would crash deep inside JAX or train silently wrong."""
+  """Raise ConfigError for values that would crash deep inside JAX or train silently wrong.
+
+  Every rule in one list, so a user sees all the problems of a config at once.
+  """
   problems = []
-  for (group, key), choices in _CHOICES.items():
-    value = config[group][key]
+  for path, choices in _choices().items():
+    value = functools.reduce(lambda node, key: node[key], path, config)
     if value not in choices:
-      problems.append(f"config.{group}.{key}={value!r} is not one of {', '.join(choices)}.")
+      problems.append(f"config.{'.'.join(path)}={value!r} is not one of {', '.join(choices)}.")
 
   def require(ok, message):
     if not ok:
@@ -203,8 +220,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(not config.sweep.learning_rate or opt.schedule == "constant",
           "config.sweep.learning_rate needs config.optimizer.schedule='constant' (a schedule "
           "recomputes the learning rate every step).")
-  require(config.rng_impl in ("threefry", "rbg", "unsafe_rbg"),
-          f"config.rng_impl={config.rng_impl!r} is not one of threefry, rbg, unsafe_rbg.")
   require(opt.max_norm >= 0, f"config.optimizer.max_norm={opt.max_norm} must be >= 0 (0 = off).")
   require(0 <= train.ema_decay < 1,
           f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0 = off; e.g. 0.999).")

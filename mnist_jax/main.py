@@ -78,22 +78,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def _default_workdir(config_arg: str, config) -> pathlib.Path:
-  """runs/<name>; when that holds a finished or different run, the next free runs/<name>-K."""
-  import json  # pylint: disable=import-outside-toplevel
-  from mnist_jax import train  # pylint: disable=import-outside-toplevel
-  name = pathlib.Path(config_arg).stem
-  base = pathlib.Path("runs") / name
-  candidate, k = base, 1
-  while (candidate / "config.json").exists():
-    same = json.loads((candidate / "config.json").read_text()) == json.loads(train._config_json(config))  # pylint: disable=protected-access
-    if same and not (candidate / "summary.json").exists():
-      break  # an unfinished run of this config: resume it
-    k += 1
-    candidate = base.with_name(f"{name}-{k}")
-  return candidate
-
-
 def _setup_logging():
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
   handler = logging.StreamHandler(sys.stdout)
@@ -125,23 +109,31 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
     if jax.process_index() != 0:
       log.setLevel(logging.WARNING)  # process 0 speaks for the job
-  from mnist_jax import checkpoints, data, train  # pylint: disable=import-outside-toplevel
+  from mnist_jax import checkpoints, data, loop  # pylint: disable=import-outside-toplevel
+  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
-  workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_arg, config)
+  workdir = (pathlib.Path(_WORKDIR.value) if _WORKDIR.value else
+             workdir_lib.default_workdir(pathlib.Path(config_arg).stem, config, _REPORT.value))
   log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
            workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
            jax.process_count())
+  report_only = (_REPORT.value and not _OVERWRITE.value
+                 and workdir_lib.finished_without_report(workdir, config))
   try:
-    train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+    if report_only:
+      log.info("%s holds this config's finished run, but not its complete report (stopped while "
+               "writing it?): writing the report.", workdir)
+    else:
+      loop.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
     if _REPORT.value and jax.process_index() == 0:
       from mnist_jax import report  # pylint: disable=import-outside-toplevel
       log.info("Report: %s", report.build(workdir))
   except (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,
-          train.TrainingDiverged) as e:
+          workdir_lib.RunError, loop.TrainingDiverged) as e:
     _fail(str(e), code=1)
-  except train.RunInterrupted as e:
+  except loop.RunInterrupted as e:
     print(f"\n{e}", file=sys.stderr)
     sys.exit(130)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before training started

@@ -1,12 +1,19 @@
-"""The multilayer perceptron, as a Flax linen module built from `config.model`."""
+"""The multilayer perceptron, as a Flax linen module built from `config.model`, and its layer names.
 
-import functools
+`ACTIVATIONS` and `KERNEL_INITS` are the registries config validation reads. The layer names
+(`dense_<i>`, `batchnorm_<i>`, `input_batchnorm`, `logits`) are set here and read only here:
+`is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret them.
+"""
+
+import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero
+import numpy as np
+
+from mnist_jax.cpu_tuning import dense_dot_general
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -17,6 +24,10 @@ ACTIVATIONS = {
     "swish": nn.swish,
 }
 
+# Layer names: the parameter tree's top-level keys.
+INPUT_BATCHNORM, HIDDEN_DENSE, HIDDEN_BATCHNORM, LOGITS = (
+    "input_batchnorm", "dense", "batchnorm", "logits")
+
 KERNEL_INITS = {
     "glorot_uniform": nn.initializers.glorot_uniform(),  # Keras Dense default
     "glorot_normal": nn.initializers.glorot_normal(),
@@ -25,55 +36,6 @@ KERNEL_INITS = {
     "lecun_uniform": nn.initializers.lecun_uniform(),
     "lecun_normal": nn.initializers.lecun_normal(),  # Flax Dense default
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# The logits layer's product, with a weight gradient XLA:CPU computes fast
-
-
-@jax.custom_jvp
-def narrow_matmul(x, kernel):
-  """x @ kernel for a kernel with few columns (the logits layer): the same values and gradients,
-  with the weight gradient computed in the orientation XLA:CPU is fast at.
-
-  jax differentiates x @ kernel into x^T g, one product contracting the batch axis of both
-  operands. With 10 output columns, XLA:CPU (Eigen) computes that form slowly; as (g^T x)^T, a
-  plain [10, batch] @ [batch, in] product between two small transposed copies, the same sums take
-  a fraction of the time (rmsprop_mlp's 512 -> 10 layer, batch 128: 147 us -> 25 us a step; whole
-  epochs -6%) and give bit-identical parameters. The optimization barriers keep XLA from folding
-  the transposes back into the product.
-  """
-  return x @ kernel
-
-
-@functools.partial(narrow_matmul.defjvp, symbolic_zeros=True)
-def _narrow_matmul_jvp(primals, tangents):
-  x, kernel = primals
-  dx, dkernel = tangents
-  barrier = jax.lax.optimization_barrier
-  out = x @ kernel  # jax calls this rule only when dx or dkernel is nonzero
-  if isinstance(dkernel, SymbolicZero):
-    return out, dx @ kernel
-  dout = barrier(barrier(dkernel.T) @ x.T).T  # transposed by reverse mode into (barrier(g^T) x)^T
-  return out, dout if isinstance(dx, SymbolicZero) else dx @ kernel + dout
-
-
-# Where narrow_matmul is used: measured on a 2-core Xeon, at batch 1024 (sigmoid_mlp) it was no
-# faster, and its sums there differ from jax's in the last bit.
-NARROW_OUTPUTS, SMALL_BATCH = 16, 256
-
-
-def dense_dot_general(x, kernel, dimension_numbers, precision=None, **kwargs):
-  """nn.Dense's product: `narrow_matmul` for narrow layers and small batches on CPU."""
-  if (jax.default_backend() == "cpu" and x.ndim == 2 and x.shape[0] <= SMALL_BATCH
-      and kernel.shape[1] <= NARROW_OUTPUTS and dimension_numbers == (((1,), (0,)), ((), ()))
-      and precision is None and not kwargs):
-    return narrow_matmul(x, kernel)
-  return jax.lax.dot_general(x, kernel, dimension_numbers, precision=precision, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# The model
 
 
 class MLP(nn.Module):
@@ -99,8 +61,10 @@ class MLP(nn.Module):
 
   @classmethod
   def from_config(cls, model_config) -> "MLP":
+    """The module with the fields of `model_config` it has (the others belong to other models)."""
+    fields = set(cls.__dataclass_fields__) - {"parent", "name"}
     return cls(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                  for k, v in model_config.items()})
+                  for k, v in model_config.items() if k in fields})
 
   @nn.compact
   def __call__(self, images, train: bool = False, mask: Optional[jax.Array] = None):
@@ -111,7 +75,7 @@ class MLP(nn.Module):
         use_running_average=not train, momentum=self.batchnorm_momentum,
         epsilon=self.batchnorm_epsilon, name=name)
     if self.input_batchnorm:
-      x = batchnorm("input_batchnorm")(x, mask=real)
+      x = batchnorm(INPUT_BATCHNORM)(x, mask=real)
     if self.input_dropout:
       x = nn.Dropout(self.input_dropout, deterministic=not train, name="input_dropout")(x)
     x = self._noise(x, train)
@@ -119,17 +83,71 @@ class MLP(nn.Module):
     rates = tuple(self.dropout) or (0.0,) * len(self.hidden_sizes)
     for i, (width, rate) in enumerate(zip(self.hidden_sizes, rates)):
       x = nn.Dense(width, kernel_init=init, dot_general=dense_dot_general,
-                   name=f"dense_{i}")(x)
+                   name=f"{HIDDEN_DENSE}_{i}")(x)
       if self.hidden_batchnorm:
-        x = batchnorm(f"batchnorm_{i}")(x, mask=real)
+        x = batchnorm(f"{HIDDEN_BATCHNORM}_{i}")(x, mask=real)
       x = ACTIVATIONS[self.activation](self._noise(x, train))
       if rate:
         x = nn.Dropout(rate, deterministic=not train, name=f"dropout_{i}")(x)
     return nn.Dense(self.num_classes, kernel_init=init, dot_general=dense_dot_general,
-                    name="logits")(x)
+                    name=LOGITS)(x)
 
   def _noise(self, x, train: bool):
     if not (train and self.gaussian_noise):
       return x
     # From the "dropout" stream, so train_step's one key drives every random choice of a step.
     return x + self.gaussian_noise * jax.random.normal(self.make_rng("dropout"), x.shape, x.dtype)
+
+
+# config.model.name -> the module class; each builds itself with `from_config(config.model)`.
+MODELS = {"mlp": MLP}
+
+
+def build(model_config) -> nn.Module:
+  return MODELS[model_config.name].from_config(model_config)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the layer names mean
+
+
+def is_hidden_kernel(path) -> bool:
+  """Whether a parameter path (from tree_map_with_path) is a hidden Dense layer's kernel."""
+  names = [getattr(k, "key", None) for k in path]
+  return names[-1] == "kernel" and str(names[0]).startswith(f"{HIDDEN_DENSE}_")
+
+
+def _layer_position(name: str) -> tuple:
+  """Order of the layers in the network (parameter dicts come sorted by name)."""
+  if name == INPUT_BATCHNORM:
+    return (-1, 0)
+  if name == LOGITS:
+    return (math.inf, 0)
+  kind, _, index = name.rpartition("_")
+  return (int(index), 0 if kind == HIDDEN_DENSE else 1)
+
+
+def summary(params, batch_stats, model_config) -> str:
+  """A Keras-like table of the network: layer, output shape, parameter counts."""
+  rows = [("Layer", "Output shape", "Params")]
+  trainable = non_trainable = 0
+  activated = HIDDEN_BATCHNORM if model_config.hidden_batchnorm else HIDDEN_DENSE  # then activation
+  for name in sorted(params, key=_layer_position):
+    count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params[name]))
+    stats = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(batch_stats.get(name, {})))
+    trainable += count
+    non_trainable += stats
+    width = params[name]["bias"].shape[0]
+    kind = "Dense" if "kernel" in params[name] else "BatchNorm"
+    if name.startswith(f"{activated}_"):
+      kind += f" ({model_config.activation})"
+    elif name == LOGITS:
+      kind += " (softmax in loss)"
+    rows.append((f"{name}: {kind}", f"(None, {width})",
+                 f"{count + stats:,}" + (f" ({stats:,} non-trainable)" if stats else "")))
+  widths = [max(len(r[i]) for r in rows) for i in range(3)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "-" * len(lines[0]))
+  lines.append(f"Total params: {trainable + non_trainable:,} "
+               f"(trainable {trainable:,}, non-trainable {non_trainable:,})")
+  return "\n".join(lines)

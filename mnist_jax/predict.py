@@ -84,7 +84,8 @@ def format_probabilities(probs: np.ndarray, label=None) -> str:
 
 def main(argv):
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  from mnist_jax import checkpoints, data, report  # pylint: disable=import-outside-toplevel
+  from mnist_jax import checkpoints, data, figures, report  # pylint: disable=import-outside-toplevel
+  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   paths = argv[1:]
   if len(paths) + (_INDEX.value is not None) != 1:
     sys.exit("ERROR: give one image file, or --index=N for a test image, e.g. "
@@ -92,7 +93,7 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   try:
     image = to_mnist(read_image(paths[0])) if paths else None  # a bad file fails before any loading
-    run = report.load_run(_WORKDIR.value)
+    run = workdir_lib.load_run(_WORKDIR.value)
     label = None
     if image is None:
       test = run.splits.test
@@ -101,11 +102,11 @@ def main(argv):
                          f"images (0 to {len(test) - 1}).")
       image, label = test.images[_INDEX.value], int(test.labels[_INDEX.value])
     probs = report.probabilities(run, image[None])[0]
-  except (ImageError, report.RunError, data.DataError, checkpoints.CheckpointError) as e:
+  except (ImageError, workdir_lib.RunError, data.DataError, checkpoints.CheckpointError) as e:
     sys.exit(f"ERROR: {e}")
   print(format_probabilities(probs, label))
   if _SAVE.value:
-    report.save_figure(report.prediction_figure(image, probs, label), pathlib.Path(_SAVE.value))
+    figures.save_figure(figures.prediction_figure(image, probs, label), pathlib.Path(_SAVE.value))
     print(f"Saved {_SAVE.value}")
 
 

@@ -1,4 +1,4 @@
-"""experiments/benchmark.py end to end, shrunk: two systems, one config, two epochs, tiny peak."""
+"""The benchmark programs end to end, shrunk: few systems, one config, two epochs, a tiny peak."""
 
 import json
 import subprocess
@@ -7,13 +7,15 @@ import sys
 from conftest import REPO
 
 
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", f"experiments.benchmarks.{module}", *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
 def test_benchmark_runs_and_writes_its_table(tmp_path):
   out = tmp_path / "bench"
-  result = subprocess.run(
-      [sys.executable, "experiments/benchmark.py", "--configs=adam_mlp",
-       "--systems=mnist_jax,jax_scan", "--epochs=2", "--repeats=1", "--skip_launch",
-       "--peak_size=256", "--peak_reps=1", f"--out={out}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = _run("benchmark", "--configs=adam_mlp", "--systems=mnist_jax,jax_scan", "--epochs=2",
+                "--repeats=1", "--skip_launch", "--peak_size=256", "--peak_reps=1", f"--out={out}")
   assert result.returncode == 0, result.stderr[-3000:]
 
   report = json.loads((out / "benchmark.json").read_text())
@@ -26,3 +28,21 @@ def test_benchmark_runs_and_writes_its_table(tmp_path):
     assert s["test_accuracy_mean"] > 0.9, s  # two epochs of adam_mlp: ~0.97
   table = (out / "benchmark.md").read_text()
   assert "| adam_mlp | mnist_jax | cpu |" in table and "| adam_mlp | jax_scan | cpu |" in table
+
+
+def test_scaling_benchmark_times_seeds_and_devices_of_a_scheduled_config(tmp_path):
+  """best_mlp-like: a warmup-cosine schedule, which needs the run's steps per epoch."""
+  config = tmp_path / "tiny_schedule.py"
+  config.write_text(
+      "from mnist_jax.config import default_config\n"
+      "def get_config():\n"
+      "  c = default_config()\n"
+      "  c.data.source, c.data.train_subset, c.train.batch_size = 'idx', 1024, 128\n"
+      "  c.optimizer.schedule, c.optimizer.warmup_epochs = 'warmup_cosine', 1.0\n"
+      "  return c\n")
+  result = _run("scaling", f"--config={config}", "--seeds=2", "--devices=2", "--epochs=2",
+                f"--out={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
+  assert [(r["seeds"], r["devices"]) for r in rows] == [(1, 1), (2, 1), (1, 1), (1, 2)]
+  assert all(r["median"] > 0 for r in rows)

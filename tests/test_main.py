@@ -1,53 +1,11 @@
-"""The command line, as a user runs it."""
+"""The command line, as a user runs it: runs, overrides, and one clear paragraph for bad input."""
 import json
+import shutil
 
+import jax
 import numpy as np
-import pytest
 
-from conftest import TINY_FLAGS, run_cli
-from mnist_jax import config as config_lib
-
-
-def test_every_tutorial_config_loads_and_names_itself():
-  names = config_lib.available()
-  for name in ("adam_mlp", "adam_mlp_784", "adam_mlp_784_dropout", "rmsprop_mlp",
-               "sigmoid_mlp", "sgd_bn_mlp"):
-    assert name in names
-    module_doc = config_lib.resolve(name).read_text()
-    assert f"--config={name}" in module_doc  # the docstring shows the command
-    config_lib.load(name)
-
-
-def test_config_by_path_equals_by_name():
-  by_path = config_lib.load(str(config_lib.EXPERIMENTS_DIR / "rmsprop_mlp.py"))
-  assert by_path.to_dict() == config_lib.load("rmsprop_mlp").to_dict()
-
-
-def test_unknown_config_lists_available():
-  with pytest.raises(config_lib.ConfigError, match="Unknown config 'adam_mpl'.*adam_mlp"):
-    config_lib.load("adam_mpl")
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("train.batch_size", 0, "batch_size=0 must be positive"),
-    ("train.epochs", 0, "epochs=0 must be at least 1"),
-    ("optimizer.learning_rate", -1.0, "learning_rate=-1.0 must be positive"),
-    ("data.validation_fraction", 1.0, r"validation_fraction=1.0 must be in \(0, 1\)"),
-    ("optimizer.name", "adagrad", "optimizer.name='adagrad' is not one of"),
-])
-def test_invalid_values_are_named(field, value, message):
-  config = config_lib.load("adam_mlp")
-  group, key = field.split(".")
-  config[group][key] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(config)
-
-
-def test_dropout_of_one_is_rejected():
-  config = config_lib.load("adam_mlp_784_dropout")
-  config.model.dropout = (1.0, 0.5)
-  with pytest.raises(config_lib.ConfigError, match=r"must each be in \[0, 1\)"):
-    config_lib.validate(config)
+from conftest import REPO, TINY_FLAGS, assert_clear_error, restore, run_cli
 
 
 def test_cli_unknown_name_and_bad_override_fail_clearly():
@@ -63,14 +21,6 @@ def test_cli_unknown_name_and_bad_override_fail_clearly():
 
   result = run_cli("--config=adam_mlp", "--config.train.batch_size=-4", check=False)
   assert result.returncode != 0 and "batch_size=-4 must be positive" in result.stderr
-
-
-def _final_params(workdir):
-  from mnist_jax import checkpoints, train
-  config = config_lib.load("adam_mlp")
-  template = train.create_train_state(__import__("jax").random.key(0), config)
-  state, epoch = checkpoints.Checkpointer(workdir / "checkpoints", 2).restore(template)
-  return state.params, epoch
 
 
 def test_cli_end_to_end_run_is_reproducible(tmp_path):
@@ -89,9 +39,9 @@ def test_cli_end_to_end_run_is_reproducible(tmp_path):
   assert {"train_loss", "train_accuracy", "seconds", "learning_rate"} <= set(records[0])
   summary = json.loads((runs[0] / "summary.json").read_text())
   assert 0.5 < summary["test_accuracy"] <= 1.0
-  (pa, ea), (pb, eb) = _final_params(runs[0]), _final_params(runs[1])
+  (sa, ea), (sb, eb) = restore(runs[0]), restore(runs[1])
   assert ea == eb == 2
-  for x, y in zip(__import__("jax").tree.leaves(pa), __import__("jax").tree.leaves(pb)):
+  for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
     np.testing.assert_array_equal(x, y)  # bit-identical
 
 
@@ -104,13 +54,41 @@ def test_cli_validation_and_overrides(tmp_path):
   assert config["model"]["hidden_sizes"] == [16, 8] and config["train"]["epochs"] == 1
 
 
-def test_finished_run_is_not_overwritten(tmp_path):
-  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
-  before = (tmp_path / "summary.json").read_text()
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
-  assert result.returncode != 0 and "holds a finished run" in result.stderr
-  assert (tmp_path / "summary.json").read_text() == before
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
-                   "--config.seed=5", check=False)
-  assert result.returncode != 0 and "different config" in result.stderr
-  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--overwrite")
+def test_cli_names_every_out_of_range_value_at_once(tmp_path):
+  result = run_cli("--config=adam_mlp", "--config.train.batch_size=0",
+                   "--config.optimizer.learning_rate=0", "--config.train.epochs=0",
+                   "--config.model.input_dropout=1.0", "--config.data.validation_fraction=1.5",
+                   f"--workdir={tmp_path}", check=False)
+  assert_clear_error(result, 2, "ERROR: Invalid config", "batch_size=0 must be positive",
+                      "learning_rate=0.0 must be positive", "epochs=0 must be at least 1",
+                      "must each be in [0, 1)", "validation_fraction=1.5 must be in (0, 1)")
+  assert not any(tmp_path.iterdir())
+
+
+def test_cli_batch_larger_than_training_set(tmp_path):
+  result = run_cli("--config=adam_mlp", "--config.data.source=idx",
+                   "--config.data.train_subset=100", "--config.train.batch_size=128",
+                   f"--workdir={tmp_path}", check=False)
+  assert_clear_error(result, 1, "batch_size=128 is larger than the training set (100 examples)")
+  assert not (tmp_path / "config.json").exists()  # so the corrected command is not refused
+
+
+def test_cli_corrupted_data_file(tmp_path):
+  idx_dir = tmp_path / "mnist"
+  shutil.copytree(REPO / "data" / "mnist", idx_dir)
+  labels = idx_dir / "t10k-labels-idx1-ubyte.gz"
+  labels.write_bytes(labels.read_bytes()[:-100])  # truncated
+  result = run_cli("--config=adam_mlp", "--config.data.source=idx",
+                   f"--config.data.idx_dir={idx_dir}", f"--workdir={tmp_path / 'run'}",
+                   check=False)
+  assert_clear_error(result, 1, f"Checksum mismatch for {labels}",
+                      "The file is corrupt or truncated", "Replace it with the official file")
+
+
+def test_cli_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"  # a directory cannot be made under a file, even by root
+  blocker.write_text("")
+  result = run_cli("--config=adam_mlp", "--config.data.source=idx",
+                   f"--workdir={blocker / 'run'}", check=False)
+  assert_clear_error(result, 1, f"Cannot write to workdir {blocker / 'run'}",
+                      "Choose a writable --workdir")

@@ -1,3 +1,4 @@
+"""The MLP: parameter counts as Keras reports them, initialisation, dropout, BatchNorm, noise."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def test_tutorial_parameter_counts_and_shapes(name):
   assert tuple(widths) == tuple(config.model.hidden_sizes)
   logits = train.predict_logits(state, jnp.zeros((3, 28, 28)))
   assert logits.shape == (3, 10)
-  assert f"{total:,}" in train.model_summary(state, config)
+  assert f"{total:,}" in models.summary(state.params, state.batch_stats, config.model)
 
 
 def test_glorot_uniform_init_bounds():
@@ -72,32 +73,9 @@ def test_hidden_batchnorm_and_gaussian_noise():
   assert not np.allclose(stats["batch_stats"]["batchnorm_1"]["mean"], 0.0)  # updated
 
 
-def test_negative_gaussian_noise_is_a_config_error():
-  config = config_lib.load("adam_mlp")
-  config.model.gaussian_noise = -0.1
-  with pytest.raises(config_lib.ConfigError, match="gaussian_noise"):
-    config_lib.validate(config)
-
-
-def test_narrow_matmul_has_the_plain_products_values_and_derivatives():
-  """The logits layer's custom weight-gradient orientation changes nothing but speed: values,
-  reverse and forward derivatives (also w.r.t. the input), second derivatives and vmap agree with
-  jax's own rule for x @ kernel."""
-  kx, kk, kt = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (32, 100))
-  kernel = jax.random.normal(kk, (100, 10))
-  target = jax.random.normal(kt, (32, 10))
-  loss = lambda matmul: lambda x, k: jnp.sum(jnp.tanh(matmul(x, k)) * target[:, :k.shape[1]])
-  ours, plain = loss(models.narrow_matmul), loss(jnp.matmul)
-  small_x, small_kernel = x[:, :5], kernel[:5, :3]
-  np.testing.assert_array_equal(models.narrow_matmul(x, kernel), x @ kernel)
-  for got, want in [
-      (jax.grad(ours, (0, 1))(x, kernel), jax.grad(plain, (0, 1))(x, kernel)),
-      (jax.jvp(lambda k: ours(x, k), (kernel,), (kernel,)),
-       jax.jvp(lambda k: plain(x, k), (kernel,), (kernel,))),
-      (jax.hessian(lambda k: ours(small_x, k))(small_kernel),  # forward-over-reverse
-       jax.hessian(lambda k: plain(small_x, k))(small_kernel)),
-      (jax.vmap(jax.grad(ours, 1), (None, 0))(x, jnp.stack([kernel, 2 * kernel])),
-       jax.vmap(jax.grad(plain, 1), (None, 0))(x, jnp.stack([kernel, 2 * kernel]))),
-  ]:
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+def test_summary_lists_layers_in_network_order():
+  config = config_lib.load("sgd_bn_mlp")
+  state = train.create_train_state(jax.random.key(0), config)
+  names = [line.split(":")[0] for line in
+           models.summary(state.params, state.batch_stats, config.model).splitlines()[2:-1]]
+  assert names == ["input_batchnorm", "dense_0", "dense_1", "dense_2", "dense_3", "logits"]

@@ -1,20 +1,20 @@
 """Side-by-side training benchmark: mnist_jax against Keras 3 (TensorFlow and JAX backends), PyTorch
 and a hand-written JAX scan.
 
-    python experiments/benchmark.py            # or: python -m experiments.benchmark, ./run.sh bench
-    python experiments/benchmark.py --configs=rmsprop_mlp --epochs=2 --repeats=1 --skip_launch
+    python -m experiments.benchmarks.benchmark       # from the repository root; or ./run.sh bench
+    python -m experiments.benchmarks.benchmark --configs=rmsprop_mlp --epochs=2 --repeats=1 --skip_launch
 
 For each config (default: adam_mlp, rmsprop_mlp, sigmoid_mlp) and each repeat, every system trains
 the same model (layers, activations, glorot-uniform init, optimizer and its hyperparameters, batch
 size) on the same preprocessed arrays for --epochs epochs, one system after the other (interleaved,
-so machine noise spreads over all of them). Each run is a fresh subprocess of this script
-(`--worker=SYSTEM`): Keras fixes its backend per process, and every system starts equally cold.
+so machine noise spreads over all of them). Each run is a fresh subprocess of this program
+(`--worker=SYSTEM`, the protocol of workers.py): Keras fixes its backend per process, and every
+system starts equally cold.
 
-  mnist_jax  our trainer's own compiled epoch, `train.train_epoch`, on the device-resident data of
-             `data.load` + `train.DeviceData.put` and the state of `train.create_train_state`: the
-             code path of `python -m mnist_jax.main` (without its persistent compilation cache, so
-             the first epoch includes a real compilation). Each epoch is timed to
-             `jax.block_until_ready`.
+  mnist_jax  our trainer's own compiled epoch as `python -m mnist_jax.main` builds it
+             (`workers.time_epochs`: `loop.Setup`, replicas included), without the persistent
+             compilation cache, so the first epoch includes a real compilation. Each epoch is
+             timed to `jax.block_until_ready`.
   keras_tf   Keras 3, TensorFlow backend: Sequential of Dense layers, softmax output,
   keras_jax  sparse categorical cross-entropy, metrics=["accuracy"], compiled with Keras's defaults
              (jit_compile="auto"), one `model.fit(epochs=N, shuffle=True, verbose=0)`; a callback
@@ -35,7 +35,7 @@ Reported per config and system: first-epoch seconds (includes compilation/tracin
 s/epoch min and median (all epochs but the first, over all repeats), our median / the system's median,
 test accuracy, achieved GFLOP/s and its fraction of this machine's fp32 matmul peak (jnp.dot on
 2048x2048, measured in the same run, with XLA's default options and with mnist_jax's
-`train.COMPILER_OPTIONS`; the better counts). FLOPs are those really done per example: 2 per
+`cpu_tuning.COMPILER_OPTIONS`; the better counts). FLOPs are those really done per example: 2 per
 multiply-add in the forward pass, the same again for the weight gradients, and the same again for
 the gradients of each layer's input except the first (no gradient for the images):
 6*sum(in*out) - 2*in0*out0.
@@ -49,13 +49,11 @@ Writes benchmark.json (everything, raw epoch times included) and benchmark.md (t
 
 import argparse
 import functools
-import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import pathlib
-import platform
 import shutil
 import statistics
 import subprocess
@@ -64,9 +62,10 @@ import tempfile
 import threading
 import time
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python experiments/benchmark.py` puts experiments/ first
-  sys.path.insert(0, str(REPO_ROOT))
+from experiments.benchmarks.workers import (REPO_ROOT, emit, jax_device_name, machine_info,
+                                            quiet_env, run_worker as _run_worker)
+
+PROGRAM = "experiments.benchmarks.benchmark"
 
 SYSTEMS = ("mnist_jax", "jax_scan", "keras_tf", "keras_jax", "torch")
 DEFAULT_CONFIGS = ("adam_mlp", "rmsprop_mlp", "sigmoid_mlp")
@@ -78,18 +77,6 @@ REQUIRES = {
     "keras_jax": ("keras", "jax"),
     "torch": ("torch",),
 }
-MARKER = "BENCHMARK_JSON "  # worker stdout lines carrying results start with this
-
-
-def emit(record: dict) -> None:
-  print(MARKER + json.dumps(record), flush=True)
-
-
-def quiet_env() -> dict:
-  env = dict(os.environ)
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  env["PYTHONUNBUFFERED"] = "1"
-  return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,18 +145,18 @@ def worker_prepare(args) -> None:
 def worker_peak(args) -> None:
   """Best fp32 matmul rate of jnp.dot on n x n (jit), and what JAX runs on.
 
-  Measured with XLA's default options and with mnist_jax's (train.COMPILER_OPTIONS), alternately;
+  Measured with XLA's default options and with mnist_jax's (cpu_tuning.COMPILER_OPTIONS), alternately;
   the better of the two is the peak.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mnist_jax import train  # pylint: disable=import-outside-toplevel
+  from mnist_jax import cpu_tuning  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_enable_compilation_cache", False)
   n = args.peak_size
   kx, ky = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, (n, n), jnp.float32)
   y = jax.random.normal(ky, (n, n), jnp.float32)
-  options = {"xla_default": {}, "mnist_jax": train.COMPILER_OPTIONS}
+  options = {"xla_default": {}, "mnist_jax": cpu_tuning.COMPILER_OPTIONS}
   dots = {name: jax.jit(jnp.dot).lower(x, y).compile(compiler_options=o)
           for name, o in options.items() if name == "xla_default" or o}
   for dot in dots.values():
@@ -195,42 +182,10 @@ def worker_peak(args) -> None:
 
 
 def worker_mnist_jax(args) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  from mnist_jax import data, train  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_enable_compilation_cache", False)  # the first epoch compiles for real
+  from experiments.benchmarks.workers import time_epochs  # pylint: disable=import-outside-toplevel
   cfg = load_config(args.config)
   cfg.seed = args.seed
-  # As train.train_and_evaluate sets up a run (its logging, checkpoints and validation aside).
-  splits = data.load(cfg.data)
-  mesh = train.make_mesh(cfg.mesh.num_devices)
-  train_data = train.DeviceData.put(splits.train, cfg.data.preprocess, mesh)
-  test_data = train.DeviceData.put(splits.test, cfg.data.preprocess, mesh)
-  batch_size = cfg.train.batch_size
-  state, keys_of_epoch, _, _ = train.init_run(cfg, train_data.images.shape[1],
-                                              math.ceil(len(train_data) / batch_size))
-  state = train.put_replicated(state, mesh)
-  jax.block_until_ready(state)
-  seconds, sums = [], None
-  for epoch in range(1, args.epochs + 1):
-    started = time.perf_counter()
-    state, sums, first_bad = train.train_epoch(
-        state, train_data.images, train_data.labels, keys_of_epoch(epoch),
-        batch_size, cfg.train.label_smoothing, mesh)
-    jax.block_until_ready((state, sums, first_bad))
-    seconds.append(time.perf_counter() - started)
-  metrics = train.summarize(sums)
-  test = train.summarize(train.evaluate(state, test_data.images, test_data.labels,
-                                        cfg.train.eval_batch_size, mesh))
-  emit({"epoch_seconds": seconds, "train_loss": metrics["loss"],
-        "train_accuracy": metrics["accuracy"], "test_accuracy": test["accuracy"],
-        "device": jax_device_name()})
-
-
-def jax_device_name() -> str:
-  import jax  # pylint: disable=import-outside-toplevel
-  device = jax.devices()[0]
-  kind = device.device_kind
-  return device.platform if kind.lower() == device.platform.lower() else f"{device.platform} ({kind})"
+  emit(time_epochs(cfg, args.epochs))
 
 
 def worker_keras(args) -> None:
@@ -362,7 +317,6 @@ def worker_jax_scan(args) -> None:
 
 def keras_device(backend: str) -> str:
   if backend == "jax":
-    import jax  # pylint: disable=import-outside-toplevel
     return jax_device_name()
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   gpus = tf.config.list_physical_devices("GPU")
@@ -450,53 +404,11 @@ WORKERS = {"prepare": worker_prepare, "peak": worker_peak, "mnist_jax": worker_m
 
 
 def run_worker(worker: str, extra: list[str], timeout: float, env: dict = None):
-  """Run this script as `--worker=WORKER`; returns (records, error message or None)."""
-  command = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--worker={worker}", *extra]
-  try:
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=timeout, env=env or quiet_env())
-  except subprocess.TimeoutExpired:
-    return [], f"timed out after {timeout:.0f} s"
-  records = [json.loads(line[len(MARKER):]) for line in result.stdout.splitlines()
-             if line.startswith(MARKER)]
-  if result.returncode != 0 or not records:
-    tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-    return records, f"exit {result.returncode}:\n{tail}"
-  return records, None
+  return _run_worker(PROGRAM, worker, extra, timeout, env)
 
 
 def installed(system: str) -> bool:
   return all(importlib.util.find_spec(module) is not None for module in REQUIRES[system])
-
-
-def version(*distributions: str) -> str:
-  for name in distributions:
-    try:
-      return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      continue
-  return "not installed"
-
-
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return {
-      "cpu": cpu_model(), "cores": cores, "os": platform.platform(), "python": platform.python_version(),
-      "versions": {"jax": version("jax"), "jaxlib": version("jaxlib"), "flax": version("flax"),
-                   "optax": version("optax"), "keras": version("keras"),
-                   "tensorflow": version("tensorflow-cpu", "tensorflow"), "torch": version("torch"),
-                   "numpy": version("numpy")},
-  }
 
 
 def measure_launch(runs: int, source: str, timeout: float) -> dict:
@@ -685,7 +597,7 @@ def main(argv=None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   wall_started = time.perf_counter()
   log = lambda message: print(message, file=sys.stderr, flush=True)
-  command = "python experiments/benchmark.py " + " ".join(
+  command = f"python -m {PROGRAM} " + " ".join(
       sys.argv[1:] if argv is None else argv)
   errors = []
 

@@ -1,10 +1,10 @@
 """What many seeds and several devices cost: vmapped replicas vs one run, sharded vs one device.
 
-    python experiments/scaling_benchmark.py                 # adam_mlp, 8 seeds, 4 forced CPU devices
-    python experiments/scaling_benchmark.py --config=rmsprop_mlp --seeds=4 --devices=2 --epochs=5
+    python -m experiments.benchmarks.scaling                # adam_mlp, 8 seeds, 4 forced CPU devices
+    python -m experiments.benchmarks.scaling --config=rmsprop_mlp --seeds=4 --devices=2 --epochs=5
 
-Rows (each timed with the trainer's own compiled epochs, `train.train_epoch` and
-`train.train_epoch_replicas`, on the full training set):
+Rows (each timed with the trainer's own compiled epochs, `workers.time_epochs`, on the full
+training set):
   * 1 seed: s/epoch of one model.
   * N seeds vmapped: s/epoch of N replicas in one program, and its ratio to 1 seed; N sequential
     runs would cost N times the 1-seed figure.
@@ -20,61 +20,39 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
-import sys
-import time
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))
+from experiments.benchmarks.workers import emit, quiet_env, run_worker
 
-
-def time_epochs(config, num_seeds: int, num_devices: int, epochs: int) -> dict:
-  """Seconds per epoch of `num_seeds` vmapped replicas on a mesh of `num_devices`."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from mnist_jax import data, train  # pylint: disable=import-outside-toplevel
-  config = config.copy_and_resolve_references()
-  config.num_seeds = num_seeds
-  mesh = train.make_mesh(num_devices)
-  split = data.load(config.data).train
-  dd = train.DeviceData.put(split, config.data.preprocess, mesh)
-  batch_size = config.train.batch_size
-  state, keys_of, epoch_fn, _ = train.init_run(config)  # as train_and_evaluate builds a run
-  state = train.put_replicated(state, mesh)
-  seconds = []
-  for epoch in range(1, epochs + 1):
-    started = time.perf_counter()
-    state, sums, _ = epoch_fn(state, dd.images, dd.labels, keys_of(epoch), batch_size,
-                              config.train.label_smoothing, mesh)
-    jax.block_until_ready(sums)
-    seconds.append(time.perf_counter() - started)
-  return {"seeds": num_seeds, "devices": mesh.size, "first_epoch": seconds[0],
-          "median": statistics.median(seconds[1:]), "min": min(seconds[1:]),
-          "epoch_seconds": seconds, "platform": jax.devices()[0].platform}
+PROGRAM = "experiments.benchmarks.scaling"
 
 
 def worker(args) -> None:
-  """In a process whose device count is fixed: print one JSON line per measurement asked for."""
+  """In a process whose device count is fixed: emit one record per measurement asked for."""
   import jax  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks.workers import time_epochs  # pylint: disable=import-outside-toplevel
   from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_enable_compilation_cache", False)
-  config = config_lib.load(args.config)
   for seeds, devices in json.loads(args.measure):
-    print("SCALING " + json.dumps(time_epochs(config, seeds, devices, args.epochs)), flush=True)
+    config = config_lib.load(args.config)
+    config.num_seeds, config.mesh.num_devices = seeds, devices
+    timed = time_epochs(config, args.epochs)
+    seconds = timed["epoch_seconds"]
+    emit({"seeds": seeds, "devices": timed["devices"], "first_epoch": seconds[0],
+          "median": statistics.median(seconds[1:]), "min": min(seconds[1:]),
+          "epoch_seconds": seconds, "platform": jax.devices()[0].platform})
 
 
 def run(args, measure, device_count: int = 0) -> list[dict]:
-  env = dict(os.environ)
+  env = quiet_env()
   if device_count:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={device_count}").strip()
-  result = subprocess.run(
-      [sys.executable, __file__, "--worker", f"--config={args.config}", f"--epochs={args.epochs}",
-       f"--measure={json.dumps(measure)}"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-  if result.returncode != 0:
-    raise SystemExit(f"worker failed:\n{result.stderr[-3000:]}")
-  return [json.loads(l[len("SCALING "):]) for l in result.stdout.splitlines()
-          if l.startswith("SCALING ")]
+  records, error = run_worker(PROGRAM, "scaling", [f"--config={args.config}",
+                                                   f"--epochs={args.epochs}",
+                                                   f"--measure={json.dumps(measure)}"],
+                              timeout=3600, env=env)
+  if error:
+    raise SystemExit(f"worker failed: {error}")
+  return records
 
 
 def main() -> None:
@@ -84,7 +62,7 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=4)
   parser.add_argument("--epochs", type=int, default=4, help="timed epochs per row (the first compiles)")
   parser.add_argument("--out", default="runs/scaling")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--worker", choices=["scaling"], help=argparse.SUPPRESS)
   parser.add_argument("--measure", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -97,7 +75,7 @@ def main() -> None:
   rows += [(f"1 seed, mesh of 1 (of {args.devices} forced devices)", sharded_one, 1.0),
            (f"1 seed, batch sharded over {args.devices} devices", sharded,
             sharded["median"] / sharded_one["median"])]
-  lines = [f"`python experiments/scaling_benchmark.py --config={args.config} --seeds={args.seeds} "
+  lines = [f"`python -m {PROGRAM} --config={args.config} --seeds={args.seeds} "
            f"--devices={args.devices} --epochs={args.epochs}` on {one['platform'].upper()}, "
            f"{os.cpu_count()} cores", "",
            "| run | first epoch s | steady s/epoch (median) | min | ratio |",

@@ -1,0 +1,367 @@
+"""The run loop: `train_and_evaluate(config, workdir)`, from the config to a finished workdir.
+
+Reads top to bottom in execution order: set up (data on the devices, the state), resume from the
+newest usable checkpoint, train epoch after epoch (each one compiled call), record and checkpoint
+each epoch, stop on signals, divergence or exhausted patience, then test and write the summary.
+"""
+
+import dataclasses
+import logging
+import math
+import pathlib
+import signal
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from mnist_jax import checkpoints, data, models, optim, parallel, replicas
+from mnist_jax import workdir as workdir_lib
+from mnist_jax.config import ConfigError
+from mnist_jax.parallel import to_host
+from mnist_jax.train import summarize
+
+log = logging.getLogger("mnist_jax")
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+class RunInterrupted(RuntimeError):
+  """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = False):
+  """Train `config` in `workdir`, resuming from its last checkpoint if it has one.
+
+  Writes the files of `workdir.py`: config.json, metrics.jsonl, checkpoints/, checkpoints_best/
+  (with validation) and, once finished, summary.json. Returns the final state (with early stopping
+  and restore_best: the best epoch's) and the history (dict of per-epoch lists, like Keras's).
+  """
+  workdir = pathlib.Path(workdir)
+  workdir_lib.check(workdir, config, overwrite)
+  setup = Setup.create(config)  # the data is checked against the config before anything is written
+  workdir_lib.prepare(workdir, config, overwrite)
+  _log_model(setup, config)
+
+  checkpointer = checkpoints.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
+                                          config.train.keep_checkpoints)
+  best_checkpointer = (None if setup.val is None else checkpoints.Checkpointer(
+      workdir / workdir_lib.BEST_CHECKPOINTS, keep=1))
+  try:  # closing waits for the checkpoint being written in the background, also on errors
+    state, epoch, history = _resume(workdir, setup.state, checkpointer, best_checkpointer)
+    state, epoch, history = _train_epochs(config, workdir, setup, state, epoch, history,
+                                          checkpointer, best_checkpointer)
+    best = best_epoch(history, config.train.monitor)
+    stopped_early = _patience_exhausted(best, config.train.early_stopping_patience)
+    if stopped_early:
+      log.info("Early stopping after epoch %d: %s has not improved for %d epochs (best %.4f, "
+               "epoch %d).", epoch, config.train.monitor, best.waited, best.value, best.epoch)
+    steps, tested_epoch = int(np.max(to_host(state.step))), epoch
+    if (config.train.early_stopping_patience and config.train.restore_best and best is not None
+        and best.epoch != epoch):
+      state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
+    # Evaluated while the last checkpoint is written; the run is marked finished (summary.json)
+    # only once it is complete.
+    test_metrics = summarize(setup.functions.evaluate(
+        state, setup.test.images, setup.test.labels, config.train.eval_batch_size, setup.mesh))
+  finally:
+    for each in (checkpointer, best_checkpointer):
+      if each is not None:
+        each.close()
+  summary = _summary(config, setup, history, test_metrics, best, stopped_early,
+                     epoch=epoch, tested_epoch=tested_epoch, steps=steps)
+  workdir_lib.write_summary(workdir, summary)
+  log.info("Test loss: %.4f - test accuracy: %.4f (parameters of epoch %d)",
+           summary["test_loss"], summary["test_accuracy"], tested_epoch)
+  keys = history[0].keys() if history else ()
+  return state, {k: [r[k] for r in history] for k in keys if k != "epoch"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything a run trains with: its splits on the devices, the mesh, state and functions."""
+  splits: data.Splits
+  mesh: jax.sharding.Mesh
+  train: parallel.DeviceData
+  val: Optional[parallel.DeviceData]
+  test: parallel.DeviceData
+  steps_per_epoch: int
+  functions: replicas.RunFunctions
+  state: object  # functions.state, placed on the mesh
+
+  @classmethod
+  def create(cls, config, splits: Optional[data.Splits] = None) -> "Setup":
+    """Load (or take) the splits, place them on the mesh, build the run's state and functions."""
+    splits = splits or _load_splits(config)
+    mesh = parallel.make_mesh(config.mesh.num_devices)
+    if mesh.size > 1:
+      log.info("Data parallel over %d devices: each batch of %d is split %s.", mesh.size,
+               config.train.batch_size,
+               "evenly" if config.train.batch_size % mesh.size == 0 else "unevenly (XLA pads it)")
+    put = lambda split: (None if split is None else
+                         parallel.DeviceData.put(split, config.data.preprocess, mesh))
+    train, val, test = put(splits.train), put(splits.val), put(splits.test)
+    steps_per_epoch = math.ceil(len(train) / config.train.batch_size)
+    functions = replicas.init_run(config, train.images.shape[1], steps_per_epoch)
+    return cls(splits, mesh, train, val, test, steps_per_epoch, functions,
+               parallel.put_replicated(functions.state, mesh))
+
+
+def _load_splits(config) -> data.Splits:
+  splits = data.load(config.data)
+  log.info("Data: %s; train %s, val %s, test %s", splits.source, splits.train.images.shape,
+           None if splits.val is None else splits.val.images.shape, splits.test.images.shape)
+  if config.train.batch_size > len(splits.train):
+    raise ConfigError(f"config.train.batch_size={config.train.batch_size} is larger than the "
+                      f"training set ({len(splits.train)} examples). Use a smaller batch size.")
+  return splits
+
+
+def _log_model(setup: Setup, config) -> None:
+  one = setup.functions.one_model(setup.functions.state)
+  summary = models.summary(one.params, one.batch_stats, config.model)
+  if setup.functions.num_replicas == 1:
+    log.info("Model summary:\n%s", summary)
+    return
+  log.info("Model summary (each replica):\n%s", summary)
+  log.info("Training %d replicas in one vmapped program (seed, learning rate): %s",
+           setup.functions.num_replicas,
+           ", ".join(f"({r['seed']}, {r['learning_rate']:g})" for r in setup.functions.settings))
+
+
+def _resume(workdir: pathlib.Path, state, checkpointer: checkpoints.Checkpointer,
+            best_checkpointer: Optional[checkpoints.Checkpointer]) -> tuple:
+  """(state, epoch, history) of the newest usable checkpoint; (state, 0, []) if there is none.
+
+  Checkpoints newer than the one restored are damaged, or were saved just before a kill ended
+  the run between its two saves: the epochs after the restored one are trained again, and
+  saved again, bit for bit as before.
+  """
+  restored = checkpointer.restore(state)
+  state, start_epoch = restored if restored is not None else (state, 0)
+  for each in (checkpointer, best_checkpointer):
+    if each is not None:
+      each.delete_unfinished_saves()
+      each.discard_after(start_epoch)
+  if restored is not None:
+    log.info("Resuming from the checkpoint after epoch %d in %s.", start_epoch,
+             checkpointer.directory)
+  history, missing = workdir_lib.read_history(workdir, start_epoch)
+  if missing:
+    log.warning("%s has no record of epochs %s: early stopping and the best checkpoint go by "
+                "the records it has.", workdir / workdir_lib.METRICS, missing)
+  return state, start_epoch, history
+
+
+# ---------------------------------------------------------------------------------------------
+# The epochs
+
+
+def _train_epochs(config, workdir, setup: Setup, state, epoch: int, history: list[dict],
+                  checkpointer, best_checkpointer) -> tuple:
+  """Train until the last epoch or exhausted patience; returns (state, epoch, history)."""
+  epochs, patience, monitor = (config.train.epochs, config.train.early_stopping_patience,
+                               config.train.monitor)
+  best = best_epoch(history, monitor)
+  with _StopSignals() as signals:
+    while epoch < epochs and not _patience_exhausted(best, patience):
+      epoch += 1
+      state, record = _train_one_epoch(config, setup, state, epoch, checkpointer)
+      history.append(record)
+      workdir_lib.append_record(workdir, record)
+      log.info(_progress_line(record, epochs))
+
+      best = best_epoch(history, monitor)
+      if best is not None and best.epoch == epoch:  # written before the regular save: see _resume
+        best_checkpointer.save(epoch, state)
+        best_checkpointer.wait()
+      finished = epoch == epochs or _patience_exhausted(best, patience)
+      if finished or signals.received or epoch % config.train.checkpoint_every == 0:
+        checkpointer.save(epoch, state)
+      if signals.received and not finished:
+        raise RunInterrupted(
+            f"Stopped by {signals.received} after epoch {epoch} of {epochs}; checkpoint saved "
+            f"in {checkpointer.directory}. Run the same command again to resume.")
+  return state, epoch, history
+
+
+def _train_one_epoch(config, setup: Setup, state, epoch: int, checkpointer) -> tuple:
+  """One compiled epoch, its divergence check, validation and per-epoch record."""
+  started = time.perf_counter()
+  fns = setup.functions
+  state, sums, first_bad = fns.train_epoch(state, setup.train.images, setup.train.labels,
+                                           fns.keys_of_epoch(epoch), config.train.batch_size,
+                                           config.train.label_smoothing, setup.mesh)
+  metrics = summarize(sums)
+  _raise_if_diverged(state, first_bad, metrics["loss"], epoch, setup.steps_per_epoch,
+                     checkpointer)
+  record = {"epoch": epoch, "step": int(np.max(to_host(state.step)))}
+  _add_metrics(record, "", {"learning_rate": to_host(optim.learning_rate(state.opt_state)).tolist()})
+  _add_metrics(record, "train_", metrics)
+  if setup.val is not None:
+    _add_metrics(record, "val_", summarize(fns.evaluate(
+        state, setup.val.images, setup.val.labels, config.train.eval_batch_size, setup.mesh)))
+  record["seconds"] = time.perf_counter() - started
+  return state, record
+
+
+def _add_metrics(record: dict, prefix: str, metrics: dict) -> None:
+  """Put metrics into a record; replicas' lists go under record["replicas"], their mean on top."""
+  for name, value in metrics.items():
+    if isinstance(value, list):
+      record.setdefault("replicas", {})[prefix + name] = value
+      value = float(np.mean(value))
+    record[prefix + name] = value
+
+
+def _progress_line(record: dict, epochs: int) -> str:
+  parts = [f"Epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f}s",
+           f"loss: {record['train_loss']:.4f}", f"accuracy: {record['train_accuracy']:.4f}"]
+  if "val_loss" in record:
+    parts += [f"val_loss: {record['val_loss']:.4f}", f"val_accuracy: {record['val_accuracy']:.4f}"]
+  return " - ".join(parts)
+
+
+class _StopSignals:
+  """Turns SIGTERM/SIGINT into a flag checked between epochs, so the run can checkpoint and stop."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some notebook kernels): keep defaults
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+    log.warning("%s received: finishing this epoch, then saving a checkpoint.", self.received)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence
+
+
+def _all_finite(tree) -> bool:
+  return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(to_host(tree)))
+
+
+def _raise_if_diverged(state, first_bad, loss, epoch: int, steps_per_epoch: int,
+                       checkpointer: checkpoints.Checkpointer) -> None:
+  """Stop at a non-finite loss, or parameters (the epoch's last update overflowed), before
+  anything of this epoch is saved: the checkpoints keep the last good epoch.
+
+  With replicas, `first_bad` and `loss` have one entry per replica, and any replica stops all.
+  """
+  first_bad = to_host(first_bad).reshape(-1)
+  if np.any(first_bad >= 0):
+    replica = int(np.argmin(np.where(first_bad >= 0, first_bad, np.iinfo(np.int32).max)))
+    which = f" in replica {replica}" if first_bad.size > 1 else ""
+    what = f"the training loss became {np.ravel(loss)[replica]}{which}"
+    step = int(first_bad[replica]) + 1
+  elif not _all_finite(state.params):
+    what, step = "the parameters became NaN or infinite", steps_per_epoch
+  else:
+    return
+  lr = float(np.max(to_host(optim.learning_rate(state.opt_state))))
+  good = checkpointer.epochs()
+  kept = (f"The last good checkpoint (epoch {good[-1]}) is in {checkpointer.directory}."
+          if good else "No checkpoint had been saved yet.")
+  raise TrainingDiverged(
+      f"Training diverged: {what} at epoch {epoch}, step {step} of {steps_per_epoch} (learning "
+      f"rate {lr:g}). This usually means the learning rate is too high: try "
+      f"--config.optimizer.learning_rate={lr / 10:g} with a new --workdir (or --overwrite). "
+      f"{kept}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+  """The best epoch so far by the monitored validation metric, and the epochs trained since."""
+  epoch: int
+  value: float
+  waited: int
+
+
+# config.train.monitor -> +1 if larger is better, -1 if smaller is.
+MONITORS = {"val_accuracy": 1.0, "val_loss": -1.0}
+
+
+def best_epoch(history: list[dict], monitor: str) -> Optional[Best]:
+  """The best record of `history` by `monitor` (the first of equals); None without validation.
+
+  Derived from the per-epoch records alone, not kept in the checkpoint, so a resumed run
+  continues with exactly the patience counter an uninterrupted run has.
+  """
+  sign = MONITORS[monitor]
+  best = None
+  for record in history:
+    if monitor in record and (best is None or sign * record[monitor] > sign * best[monitor]):
+      best = record
+  if best is None:
+    return None
+  return Best(best["epoch"], best[monitor], history[-1]["epoch"] - best["epoch"])
+
+
+def _patience_exhausted(best: Optional[Best], patience: int) -> bool:
+  return patience > 0 and best is not None and best.waited >= patience
+
+
+def _restore_best(state, best: Best, best_checkpointer, last_epoch: int):
+  """(state, epoch) of the best epoch's checkpoint; the last epoch's if it cannot be read."""
+  restored = best_checkpointer.restore(state, epoch=best.epoch)
+  if restored is None:
+    log.warning("The best checkpoint (epoch %d) is unreadable: testing the last epoch's "
+                "parameters instead.", best.epoch)
+    return state, last_epoch
+  log.info("Restored the parameters of the best epoch, %d.", best.epoch)
+  return restored
+
+
+# ---------------------------------------------------------------------------------------------
+# The end
+
+
+def _summary(config, setup: Setup, history, test_metrics, best, stopped_early, *, epoch,
+             tested_epoch, steps) -> dict:
+  """summary.json: test metrics (per replica too), epochs, steps, time, the best epoch."""
+  summary = {}
+  _add_metrics(summary, "test_", test_metrics)
+  settings = setup.functions.settings
+  if len(settings) > 1:
+    summary["test_accuracy_std"] = float(np.std(test_metrics["accuracy"]))
+    summary["replicas"] = [
+        {**r, "test_loss": loss, "test_accuracy": accuracy}
+        for r, loss, accuracy in zip(settings, test_metrics["loss"], test_metrics["accuracy"])]
+    for r in summary["replicas"]:
+      log.info("Replica seed %d, learning rate %g: test loss %.4f - test accuracy %.4f",
+               r["seed"], r["learning_rate"], r["test_loss"], r["test_accuracy"])
+    log.info("Mean over %d replicas: test accuracy %.4f +- %.4f (std)", len(settings),
+             summary["test_accuracy"], summary["test_accuracy_std"])
+  summary.update({"epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,
+                  "steps": steps, "data_source": setup.splits.source,
+                  "train_seconds": sum(r["seconds"] for r in history)})
+  if best is not None:
+    summary.update({"best_epoch": best.epoch, f"best_{config.train.monitor}": best.value})
+  return summary

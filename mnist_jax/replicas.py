@@ -1,0 +1,98 @@
+"""Many models in one program: seeds x learning rates as a leading axis on the state, `jax.vmap`ped.
+
+`config.num_seeds` and `config.sweep.learning_rate` make a grid of replicas. One vmapped program
+turns the R models' matrix products into batched products, so R replicas cost far less than R runs
+when one small model leaves the machine idle, and a sweep's learning rate is data in the optimizer
+state, not a recompilation. `init_run` builds what a run needs, for one model or many, behind the
+same interface.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mnist_jax import cpu_tuning, optim, train
+
+
+def replica_settings(config) -> list[dict]:
+  """One {'seed', 'learning_rate'} per replica: the grid of config.sweep x config.num_seeds.
+
+  Replica k of an N-seed run uses seed config.seed + k, so it equals a single run with that seed.
+  """
+  rates = tuple(config.sweep.learning_rate) or (config.optimizer.learning_rate,)
+  return [{"seed": config.seed + k, "learning_rate": float(lr)}
+          for lr in rates for k in range(config.num_seeds)]
+
+
+def create_replica_states(config, input_dim: int = 784,
+                          steps_per_epoch: Optional[int] = None) -> train.TrainState:
+  """Stacked TrainStates (leading axis R) for `replica_settings(config)`, made by one vmap."""
+  settings = replica_settings(config)
+  seeds = jnp.array([r["seed"] for r in settings])
+  rates = jnp.array([r["learning_rate"] for r in settings], jnp.float32)
+
+  def one(seed, rate):
+    state = train.create_train_state(train.run_keys(seed, config.rng_impl)["init"], config,
+                                     input_dim, steps_per_epoch)
+    return state.replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
+
+  return jax.jit(jax.vmap(one))(seeds, rates)
+
+
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "label_smoothing", "mesh"),
+                   donate_argnames=("states",))
+def train_epoch_replicas(states: train.TrainState, images: jax.Array, labels: jax.Array,
+                         keys: jax.Array, batch_size: int, label_smoothing: float = 0.0,
+                         mesh: Optional[jax.sharding.Mesh] = None):
+  """`train.train_epoch` for R independent replicas: `states` and `keys` have a leading axis R."""
+  one = lambda state, key: train.train_epoch.__wrapped__(state, images, labels, key, batch_size,
+                                                         label_smoothing, mesh)
+  return jax.vmap(one)(states, keys)
+
+
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "mesh"))
+def evaluate_replicas(states: train.TrainState, images: jax.Array, labels: jax.Array,
+                      batch_size: int = 2000, mesh: Optional[jax.sharding.Mesh] = None):
+  """`train.evaluate` for R replicas: metric sums with a leading axis R."""
+  return jax.vmap(lambda state: train.evaluate.__wrapped__(state, images, labels, batch_size,
+                                                           mesh))(states)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFunctions:
+  """A run's initial state and the functions that train it, for one model or R replicas alike.
+
+  With replicas, `state` has a leading axis R, `keys_of_epoch(epoch)` returns R keys, and
+  `train_epoch` / `evaluate` return metric sums with a leading axis R.
+  """
+  state: train.TrainState
+  settings: list[dict]  # replica_settings(config): one entry per model
+  keys_of_epoch: Callable[[int], jax.Array]
+  train_epoch: Callable
+  evaluate: Callable
+
+  @property
+  def num_replicas(self) -> int:
+    return len(self.settings)
+
+  def one_model(self, state, replica: int = 0) -> train.TrainState:
+    """Replica `replica` of a (stacked) state; the state itself for a single model."""
+    return jax.tree.map(lambda x: x[replica], state) if self.num_replicas > 1 else state
+
+
+def init_run(config, input_dim: int = 784, steps_per_epoch: Optional[int] = None) -> RunFunctions:
+  """The state, keys and compiled functions of a run of `config`: one model, or its replicas."""
+  settings = replica_settings(config)
+  if len(settings) == 1:
+    keys = jax.jit(train.run_keys, static_argnums=1)(config.seed, config.rng_impl)
+    state = train.create_train_state(keys["init"], config, input_dim, steps_per_epoch)
+    return RunFunctions(state, settings, functools.partial(train.epoch_key, keys["epochs"]),
+                        train.train_epoch, train.evaluate)
+  seeds = jnp.array([r["seed"] for r in settings])
+  keys_of_epoch = jax.jit(lambda epoch: jax.vmap(
+      lambda s: train.epoch_key(train.run_keys(s, config.rng_impl)["epochs"], epoch))(seeds))
+  return RunFunctions(create_replica_states(config, input_dim, steps_per_epoch), settings,
+                      keys_of_epoch, train_epoch_replicas, evaluate_replicas)

@@ -1,0 +1,242 @@
+"""The run directory as a file format: what a run writes, the rules that protect it, reading it back.
+
+    <workdir>/config.json        the config, written first: the mark of whose workdir it is
+    <workdir>/metrics.jsonl      one JSON record per epoch, each epoch exactly once
+    <workdir>/checkpoints/       orbax checkpoints of the whole TrainState, the last few epochs
+    <workdir>/checkpoints_best/  with validation: the best epoch by config.train.monitor
+    <workdir>/summary.json       test metrics; written last: its presence marks a finished run
+    <workdir>/report.md, ...     the report (REPORT_FILES; mnist_jax.report writes them)
+
+Rules: a workdir holding a finished run, or a run of another config, is never written to by
+accident (`check`); every file is replaced atomically (`write_atomic`); only process 0 of a
+multi-host job writes. The training loop, main, report and predict all go through this module.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+
+import jax
+import ml_collections
+
+from mnist_jax import checkpoints, config as config_lib, data, parallel, replicas, train
+from mnist_jax.config import ConfigError
+
+CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+CHECKPOINTS, BEST_CHECKPOINTS = "checkpoints", "checkpoints_best"
+REPORT = "report.md"  # written last by mnist_jax.report: its presence marks a complete report
+REPORT_FILES = (REPORT, "figures", "tensorboard", "classification_report.txt",
+                "classification_report.json", "confusion_matrix.csv", "misclassified.json")
+# What a run and its report write (and what --overwrite deletes).
+RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, SUMMARY, CONFIG) + REPORT_FILES
+
+
+class RunError(RuntimeError):
+  """A workdir that holds no usable run; the message says what is missing."""
+
+
+def config_json(config) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Write a temporary file, then rename it: a kill leaves the old file or the new, never half."""
+  if not parallel.is_primary():
+    return
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _same_config(workdir: pathlib.Path, config) -> bool:
+  return json.loads((workdir / CONFIG).read_text()) == json.loads(config_json(config))
+
+
+def is_finished(workdir: pathlib.Path) -> bool:
+  return (pathlib.Path(workdir) / SUMMARY).exists()
+
+
+def report_is_complete(workdir: pathlib.Path) -> bool:
+  return (pathlib.Path(workdir) / REPORT).exists()
+
+
+def finished_without_report(workdir: pathlib.Path, config) -> bool:
+  """A finished run of `config` whose report is missing or was cut short: it needs only that."""
+  workdir = pathlib.Path(workdir)
+  return ((workdir / CONFIG).exists() and _same_config(workdir, config) and is_finished(workdir)
+          and not report_is_complete(workdir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting a run
+
+
+def default_workdir(config_name: str, config, report: bool = True) -> pathlib.Path:
+  """runs/<name>; when that holds a finished or different run, the next free runs/<name>-K.
+
+  A run of this config that is unfinished (or, with `report`, finished without its complete
+  report) is taken up again: the same command resumes it.
+  """
+  base = pathlib.Path("runs") / config_name
+  candidate, k = base, 1
+  while (candidate / CONFIG).exists():
+    if _same_config(candidate, config) and (
+        not is_finished(candidate) or (report and not report_is_complete(candidate))):
+      break
+    k += 1
+    candidate = base.with_name(f"{config_name}-{k}")
+  return candidate
+
+
+def check(workdir: pathlib.Path, config, overwrite: bool) -> None:
+  """Never overwrite a finished run, or mix two configs in one workdir, by accident."""
+  if overwrite or not (workdir / CONFIG).exists():
+    return
+  if not _same_config(workdir, config):
+    raise ConfigError(
+        f"{workdir} holds a run with a different config (see {workdir / CONFIG}). Use a new "
+        f"--workdir, or pass --overwrite to delete that run and start again.")
+  if is_finished(workdir):
+    raise ConfigError(
+        f"{workdir} holds a finished run (see {workdir / SUMMARY}). Use a new --workdir, or "
+        f"pass --overwrite to delete it and train again.")
+
+
+def prepare(workdir: pathlib.Path, config, overwrite: bool) -> None:
+  """Delete the old run if asked to, then record the config."""
+  try:
+    if overwrite and parallel.is_primary():
+      for name in RUN_FILES:
+        target = workdir / name
+        if target.is_dir():
+          shutil.rmtree(target)
+        elif target.exists():
+          target.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_atomic(workdir / CONFIG, config_json(config))
+  except OSError as e:
+    raise ConfigError(f"Cannot write to workdir {workdir} ({e.strerror}). "
+                      f"Choose a writable --workdir.") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl and summary.json
+
+
+def read_history(workdir: pathlib.Path, up_to_epoch: int) -> tuple[list[dict], list[int]]:
+  """The records of epochs 1..up_to_epoch in metrics.jsonl, which is rewritten to hold only them,
+  and the epochs of that range it has no record of.
+
+  Later epochs are trained again after a resume, so their records go, as does a line cut short
+  by a kill.
+  """
+  path = workdir / METRICS
+  records = {}
+  for line in path.read_text().splitlines() if path.exists() else ():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and 1 <= record.get("epoch", 0) <= up_to_epoch:
+      records[record["epoch"]] = record
+  history = [records[epoch] for epoch in sorted(records)]
+  write_atomic(path, "".join(json.dumps(r) + "\n" for r in history))
+  return history, sorted(set(range(1, up_to_epoch + 1)) - set(records))
+
+
+def append_record(workdir: pathlib.Path, record: dict) -> None:
+  if parallel.is_primary():
+    with open(workdir / METRICS, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def write_summary(workdir: pathlib.Path, summary: dict) -> None:
+  write_atomic(workdir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def _read_json(path: pathlib.Path) -> dict:
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a run back
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """config.json as a ConfigDict: lists back to tuples, fields added since at their defaults."""
+  path = pathlib.Path(workdir) / CONFIG
+  if not path.is_file():
+    raise RunError(f"{workdir} is not the workdir of a run (it has no {CONFIG}). Train one "
+                   f"with `python -m mnist_jax.main --config=NAME --workdir={workdir}`.")
+  return ml_collections.ConfigDict(_merge(config_lib.default_config().to_dict(),
+                                          json.loads(path.read_text())))
+
+
+def _merge(defaults: dict, saved: dict) -> dict:
+  merged = dict(defaults)
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _merge(merged[key], value)
+    else:
+      merged[key] = tuple(value) if isinstance(value, list) else value
+  return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run, restored from its workdir."""
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+  state: train.TrainState
+  epoch: int  # epochs completed by the restored checkpoint
+  splits: data.Splits
+  history: list[dict]  # metrics.jsonl, one record per epoch
+  summary: dict  # summary.json; {} for a run that has not finished
+
+
+def load_run(workdir, replica: int = 0) -> Run:
+  """Config, data splits and the tested parameters of the run in `workdir`.
+
+  The tested parameters are the last epoch's, or the best epoch's when early stopping restored
+  them; of a run of several replicas (seeds, sweep), those of replica `replica`.
+  """
+  workdir = pathlib.Path(workdir)
+  config = load_config(workdir)
+  splits = data.load(config.data)
+  # The template is the state the training loop built (input size and steps per epoch, which
+  # shape learning-rate schedules, come from the data), traced for its shapes only: compiling
+  # the initialisation would take seconds for values the checkpoint replaces.
+  input_dim = int(math.prod(splits.train.images.shape[1:]))
+  steps_per_epoch = math.ceil(len(splits.train) / config.train.batch_size)
+  num_replicas = len(replicas.replica_settings(config))
+  if not 0 <= replica < num_replicas:
+    raise RunError(f"Replica {replica} does not exist: the run has {num_replicas}.")
+  template = jax.eval_shape(
+      lambda: replicas.init_run(config, input_dim, steps_per_epoch).state)
+  summary = _read_json(workdir / SUMMARY)
+  directory, epoch = workdir / CHECKPOINTS, None
+  if summary.get("tested_epoch", summary.get("epochs")) != summary.get("epochs"):
+    directory, epoch = workdir / BEST_CHECKPOINTS, summary["tested_epoch"]  # restore_best
+  if not directory.is_dir():
+    raise RunError(f"{workdir} has no {directory.name}/ directory: the run saved no parameters yet.")
+  checkpointer = checkpoints.Checkpointer(directory, config.train.keep_checkpoints)
+  try:
+    restored = checkpointer.restore(template, epoch=epoch)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise RunError(f"No usable checkpoint in {directory}: train the run (again) to make one.")
+  state, epoch = restored
+  if num_replicas > 1:
+    state = jax.tree.map(lambda x: x[replica], state)
+  history = [r for r in _read_jsonl(workdir / METRICS) if r["epoch"] <= epoch]
+  return Run(workdir, config, state, epoch, splits, history, summary)

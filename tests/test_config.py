@@ -1,0 +1,82 @@
+"""Configs: lookup by name or path, and validation (every rule, in one place)."""
+import pytest
+
+from mnist_jax import config as config_lib
+
+
+def test_every_tutorial_config_loads_and_names_itself():
+  names = config_lib.available()
+  for name in ("adam_mlp", "adam_mlp_784", "adam_mlp_784_dropout", "rmsprop_mlp",
+               "sigmoid_mlp", "sgd_bn_mlp"):
+    assert name in names
+    module_doc = config_lib.resolve(name).read_text()
+    assert f"--config={name}" in module_doc  # the docstring shows the command
+    config_lib.load(name)
+
+
+def test_config_by_path_equals_by_name():
+  by_path = config_lib.load(str(config_lib.EXPERIMENTS_DIR / "rmsprop_mlp.py"))
+  assert by_path.to_dict() == config_lib.load("rmsprop_mlp").to_dict()
+
+
+def test_unknown_config_lists_available():
+  with pytest.raises(config_lib.ConfigError, match="Unknown config 'adam_mpl'.*adam_mlp"):
+    config_lib.load("adam_mpl")
+
+
+def test_an_experiment_extends_another_by_loading_it():
+  base, variant = config_lib.load("adam_mlp_784"), config_lib.load("adam_mlp_784_dropout")
+  assert variant.model.dropout == (0.5, 0.5) and variant.model.hidden_sizes == (784, 130)
+  assert variant.data.to_dict() == base.data.to_dict()
+  assert "benchmark" not in " ".join(config_lib.available())  # experiments/ holds configs only
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.batch_size", 0, "batch_size=0 must be positive"),
+    ("train.batch_size", -1, "batch_size=-1 must be positive"),
+    ("train.epochs", 0, "epochs=0 must be at least 1"),
+    ("optimizer.learning_rate", -1.0, "learning_rate=-1.0 must be positive"),
+    ("optimizer.learning_rate", 0.0, "learning_rate=0.0 must be positive"),
+    ("optimizer.name", "adagrad", "optimizer.name='adagrad' is not one of adam, adamw"),
+    ("optimizer.max_norm", -1.0, "max_norm=-1.0 must be >= 0"),
+    ("data.validation_fraction", 1.0, r"validation_fraction=1.0 must be in \(0, 1\)"),
+    ("data.validation_fraction", 0.0, r"validation_fraction=0.0 must be in \(0, 1\)"),
+    ("model.input_dropout", -0.1, r"must each be in \[0, 1\)"),
+    ("model.input_dropout", 1.0, r"must each be in \[0, 1\)"),
+    ("model.dropout", (1.0,), r"must each be in \[0, 1\)"),
+    ("model.gaussian_noise", -0.1, "gaussian_noise=-0.1 must be >= 0"),
+    ("train.early_stopping_patience", -1, "early_stopping_patience=-1 must be >= 0"),
+    ("train.early_stopping_patience", 3, "early_stopping_patience=3 needs validation data"),
+    ("train.monitor", "val_acc", "monitor='val_acc' is not one of val_accuracy, val_loss"),
+    ("train.ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
+    ("rng_impl", "philox", "rng_impl='philox' is not one of threefry, rbg, unsafe_rbg"),
+])
+def test_invalid_values_are_named(field, value, message):
+  config = config_lib.load("adam_mlp")  # no validation split
+  *group, key = field.split(".")
+  (config[group[0]] if group else config)[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)
+
+
+def test_every_problem_is_named_at_once():
+  config = config_lib.load("adam_mlp")
+  config.train.batch_size, config.train.epochs, config.model.activation = 0, 0, "softsign"
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(config)
+  for phrase in ("batch_size=0", "epochs=0", "activation='softsign' is not one of relu"):
+    assert phrase in str(error.value)
+
+
+def test_choices_come_from_the_registries():
+  """Validation reads the registries beside the code, so a new entry is accepted everywhere."""
+  from mnist_jax import optim  # pylint: disable=import-outside-toplevel
+  config = config_lib.load("adam_mlp")
+  config.optimizer.name = "lion_test"
+  with pytest.raises(config_lib.ConfigError, match="lion_test"):
+    config_lib.validate(config)
+  optim.OPTIMIZERS["lion_test"] = lambda c, learning_rate: None
+  try:
+    config_lib.validate(config)
+  finally:
+    del optim.OPTIMIZERS["lion_test"]

@@ -1,0 +1,84 @@
+"""Many seeds and learning rates in one vmapped program."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY_FLAGS, run_cli
+from mnist_jax import data, parallel, replicas, train
+from mnist_jax import workdir as workdir_lib
+
+
+@pytest.fixture(scope="module")
+def subset():
+  from mnist_jax import config as config_lib
+  config = config_lib.load("adam_mlp_784_dropout")  # dropout: the keys matter
+  config.data.source, config.data.train_subset = "idx", 384
+  config.model.hidden_sizes, config.model.dropout = (32, 16), (0.2, 0.2)
+  return config, parallel.DeviceData.put(data.load(config.data).train, config.data.preprocess)
+
+
+def _single_run(config, seed, learning_rate, dd, epochs=2):
+  config = config.copy_and_resolve_references()
+  config.seed, config.optimizer.learning_rate = seed, learning_rate
+  keys = train.run_keys(seed)
+  state = train.create_train_state(keys["init"], config)
+  for epoch in range(1, epochs + 1):
+    state, _, _ = train.train_epoch(state, dd.images, dd.labels,
+                                    train.epoch_key(keys["epochs"], epoch), 64)
+  return state
+
+
+def test_replica_k_equals_single_run_with_seed_k(subset):
+  config, dd = subset
+  config = config.copy_and_resolve_references()
+  config.num_seeds, config.sweep.learning_rate = 3, (1e-3, 3e-3)
+  settings = replicas.replica_settings(config)
+  assert [(r["seed"], r["learning_rate"]) for r in settings] == [
+      (0, 1e-3), (1, 1e-3), (2, 1e-3), (0, 3e-3), (1, 3e-3), (2, 3e-3)]
+  states = replicas.create_replica_states(config)
+  seeds = jnp.array([r["seed"] for r in settings])
+  for epoch in (1, 2):
+    keys = jax.vmap(lambda s: train.epoch_key(train.run_keys(s)["epochs"], epoch))(seeds)
+    states, sums, first_bad = replicas.train_epoch_replicas(states, dd.images, dd.labels, keys, 64)
+  assert sums["count"].shape == (6,) and np.all(np.asarray(first_bad) == -1)
+  for k in (1, 5):
+    single = _single_run(config, settings[k]["seed"], settings[k]["learning_rate"], dd)
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(states.params)):
+      np.testing.assert_allclose(a, b[k], rtol=1e-4, atol=1e-6)
+  # Different seeds and rates give different models.
+  kernels = np.asarray(states.params["dense_0"]["kernel"])
+  assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[0], kernels[3])
+  evals = replicas.evaluate_replicas(states, dd.images, dd.labels, 100)
+  assert evals["correct"].shape == (6,)
+
+
+def test_init_run_has_one_interface_for_one_model_and_many(subset):
+  config, dd = subset
+  for num_seeds in (1, 2):
+    config = config.copy_and_resolve_references()
+    config.num_seeds = num_seeds
+    fns = replicas.init_run(config)
+    assert fns.num_replicas == num_seeds
+    state, sums, _ = fns.train_epoch(fns.state, dd.images, dd.labels, fns.keys_of_epoch(1), 64)
+    assert np.shape(sums["count"]) == (() if num_seeds == 1 else (num_seeds,))
+    one = fns.one_model(state, replica=num_seeds - 1)
+    assert one.params["dense_0"]["kernel"].shape == (784, 32)
+
+
+def test_cli_many_seeds_reports_each_replica_and_mean_std(tmp_path):
+  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport",
+                   "--config.num_seeds=3")
+  assert "Training 3 replicas" in result.stdout and "Mean over 3 replicas" in result.stdout
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  accuracies = [r["test_accuracy"] for r in summary["replicas"]]
+  assert [r["seed"] for r in summary["replicas"]] == [0, 1, 2]
+  assert len(set(accuracies)) > 1  # different seeds, different models
+  assert summary["test_accuracy"] == pytest.approx(np.mean(accuracies))
+  assert summary["test_accuracy_std"] == pytest.approx(np.std(accuracies))
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert record["train_loss"] == pytest.approx(np.mean(record["replicas"]["train_loss"]))
+  run = workdir_lib.load_run(tmp_path, replica=2)  # each replica's parameters are saved
+  assert run.state.params["dense_0"]["kernel"].shape == (784, 100)

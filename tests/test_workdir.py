@@ -1,0 +1,69 @@
+"""The run directory as a format: its files, the never-overwrite rules, reading a run back."""
+import json
+
+import pytest
+
+from conftest import TINY_FLAGS, run_cli
+from mnist_jax import config as config_lib
+from mnist_jax import workdir as workdir_lib
+
+
+def test_history_drops_later_epochs_and_a_line_cut_by_a_kill(tmp_path):
+  lines = [json.dumps({"epoch": e, "train_loss": 1.0 / e}) for e in (1, 2, 3)]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 4, "tra')
+  history, missing = workdir_lib.read_history(tmp_path, 3)
+  assert [r["epoch"] for r in history] == [1, 2, 3] and missing == []
+  history, missing = workdir_lib.read_history(tmp_path, 2)
+  assert [r["epoch"] for r in history] == [1, 2] and missing == []
+  assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(lines[:2]) + "\n"
+
+
+def test_history_names_the_epochs_it_has_no_record_of(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 2}) + "\n")
+  history, missing = workdir_lib.read_history(tmp_path, 3)
+  assert [r["epoch"] for r in history] == [2] and missing == [1, 3]
+
+
+def test_default_workdir_resumes_an_unfinished_run_and_never_reuses_a_finished_one(tmp_path,
+                                                                                  monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.load("adam_mlp")
+  first = workdir_lib.default_workdir("adam_mlp", config)
+  assert first == tmp_path.joinpath("runs", "adam_mlp").relative_to(tmp_path)
+  workdir_lib.prepare(first, config, overwrite=False)
+  assert workdir_lib.default_workdir("adam_mlp", config) == first  # unfinished: resume it
+  workdir_lib.write_summary(first, {"test_accuracy": 0.9})
+  assert workdir_lib.default_workdir("adam_mlp", config) == first  # its report is missing
+  (first / "report.md").write_text("# done\n")
+  assert str(workdir_lib.default_workdir("adam_mlp", config)).endswith("adam_mlp-2")
+  other = config_lib.load("adam_mlp")
+  other.seed = 7
+  assert str(workdir_lib.default_workdir("adam_mlp", other)).endswith("adam_mlp-2")
+
+
+def test_overwrite_deletes_every_file_a_run_and_its_report_write(tmp_path):
+  from mnist_jax import report  # pylint: disable=import-outside-toplevel
+  config = config_lib.load("adam_mlp")
+  for name in workdir_lib.RUN_FILES:
+    (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("x")
+  (tmp_path / "mine.txt").write_text("not the run's")
+  workdir_lib.prepare(tmp_path, config, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "mine.txt"]
+  assert "report.md" in workdir_lib.REPORT_FILES and set(report.FIGURES)
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
+  before = (tmp_path / "summary.json").read_text()
+  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
+  assert result.returncode != 0 and "holds a finished run" in result.stderr
+  assert (tmp_path / "summary.json").read_text() == before
+  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
+                   "--config.seed=5", check=False)
+  assert result.returncode != 0 and "different config" in result.stderr
+  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--overwrite")
+
+
+def test_a_directory_without_a_run_is_named(tmp_path):
+  with pytest.raises(workdir_lib.RunError, match="is not the workdir of a run"):
+    workdir_lib.load_run(tmp_path)
