@@ -6,7 +6,10 @@ the previous checkpoints intact (the leftover is ignored, then deleted). A check
 fails to restore (e.g. files deleted by hand) is skipped, with a warning, for an older one.
 """
 
+import contextlib
+import errno
 import logging
+import os
 import pathlib
 import shutil
 import sys
@@ -37,6 +40,8 @@ class Checkpointer:
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True))
+    self._failed = False
+    _silence_orbax_failure_reports()
 
   def save(self, epoch: int, state) -> None:
     """Start saving `state` as the checkpoint of `epoch` (replacing a damaged one of that epoch).
@@ -46,14 +51,29 @@ class Checkpointer:
     checkpoint's own: the next epoch may reuse (donate) the state's device buffers.
     """
     self.wait()
-    if epoch in self._manager.all_steps():
-      self._manager.delete(epoch)
     host_copy = jax.tree.map(_host_copy, _state_dict(state))
-    self._manager.save(epoch, args=ocp.args.StandardSave(host_copy), force=True)
+    with self._writing():
+      if epoch in self._manager.all_steps():
+        self._manager.delete(epoch)
+      self._manager.save(epoch, args=ocp.args.StandardSave(host_copy), force=True)
 
   def wait(self) -> None:
-    """Block until the last save is completely written."""
-    self._manager.wait_until_finished()
+    """Block until the last save is completely written; raises OSError if it failed."""
+    with self._writing():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """orbax's write failures (raised here, or by the background save at the next wait) as an
+    OSError naming the directory, so the run stops with one paragraph instead of orbax's traces."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      failure = _as_write_failure(e, self.directory)
+      if failure is None:
+        raise
+      self._failed = True
+      raise failure from None
 
   def epochs(self) -> list[int]:
     self.wait()
@@ -77,7 +97,6 @@ class Checkpointer:
         if mismatch is None:
           restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except  # truncated or damaged files
-        _hide_leftovers_of_failed_reads()
         mismatch = _first_lines(e, 2).split(". ")[0] if _is_shape_mismatch(e) else None
         if mismatch is None:
           log.warning("Skipping the checkpoint of epoch %d in %s: it is incomplete or damaged "
@@ -111,7 +130,15 @@ class Checkpointer:
         self._manager.delete(newer)
 
   def close(self) -> None:
-    self._manager.close()  # waits for the last save
+    """Wait for the last save, then release orbax's threads; after a failed write, just release."""
+    if not self._failed:
+      with self._writing():
+        self._manager.close()
+      return
+    try:
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except  # the failure already reported
+      pass
 
 
 # Fields left out of a checkpoint while they hold this empty value: a run without a moving
@@ -153,38 +180,63 @@ def _is_shape_mismatch(error: Exception) -> bool:
                                             or "tree structures do not match" in text)
 
 
-_hiding_leftovers = False
+_silenced = False
 
 
-def _hide_leftovers_of_failed_reads() -> None:
-  """Silence the reports a failed orbax read leaves behind, which would read as a crash.
+def _silence_orbax_failure_reports() -> None:
+  """Drop the reports orbax leaves when a read or a background save fails, which would read as a
+  crash; Checkpointer reports each failure itself, as one paragraph (CheckpointError, a skipped
+  damaged checkpoint, or the OSError of a failed write).
 
-  Its pending tensorstore callbacks later hit orbax's closed event loop, and its unawaited
-  coroutines and unretrieved task errors are reported when collected (often at exit), each with
-  a traceback. Exactly those reports are dropped; everything else is still shown.
+  What is dropped, and nothing else: orbax's ERROR records on the absl logger (its threads log a
+  failed save with tracebacks when it happens), tensorstore callbacks that hit orbax's closed
+  event loop (printed through sys.excepthook or sys.unraisablehook), unretrieved task errors and
+  unawaited coroutines of a failed read.
 
-  Why process-wide and not scoped to the read: the reports come from the garbage collector and
-  orbax's background threads after the failed read has returned, up to interpreter exit, so a
-  context manager around the read would already be gone when they arrive. The hooks are installed
-  only once a read has failed (never in a run whose checkpoints are sound), and each matches one
-  exact message.
+  Why process-wide, installed by the first Checkpointer, and not scoped to a call: these reports
+  come from orbax's background threads while training goes on, and from the garbage collector up
+  to interpreter exit, long after the call that failed has returned.
   """
-  global _hiding_leftovers  # pylint: disable=global-statement
-  if _hiding_leftovers:
+  global _silenced  # pylint: disable=global-statement
+  if _silenced:
     return
-  _hiding_leftovers = True
-  previous_hook = sys.unraisablehook
+  _silenced = True
+  logging.getLogger("absl").addFilter(
+      lambda record: not ("orbax" in record.pathname and record.levelno >= logging.ERROR))
+  is_closed_loop = lambda error: (isinstance(error, RuntimeError)
+                                  and str(error) == "Event loop is closed")
+  previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
 
   def unraisable_hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-      previous_hook(unraisable)
+    if not is_closed_loop(unraisable.exc_value):
+      previous_unraisable(unraisable)
 
-  sys.unraisablehook = unraisable_hook
+  def excepthook(kind, error, trace):
+    if not is_closed_loop(error):
+      previous_excepthook(kind, error, trace)
+
+  sys.unraisablehook, sys.excepthook = unraisable_hook, excepthook
   logging.getLogger("asyncio").addFilter(
       lambda record: "exception was never retrieved" not in record.getMessage())
   warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
                           category=RuntimeWarning)
+
+
+# Words of orbax's and tensorstore's write failures -> the errno they stand for.
+_WRITE_FAILURES = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "No space left": errno.ENOSPC,
+                   "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES,
+                   "Failed writing": errno.EIO, "Input/output error": errno.EIO}
+
+
+def _as_write_failure(error: Exception, directory: pathlib.Path) -> Optional[OSError]:
+  """An OSError for a failed checkpoint write (None if `error` is something else)."""
+  if isinstance(error, OSError):
+    return OSError(error.errno, error.strerror or str(error), error.filename or str(directory))
+  text = str(error)
+  for words, code in _WRITE_FAILURES.items():
+    if words in text:
+      return OSError(code, os.strerror(code), str(directory))
+  return None
 
 
 def _first_lines(error: Exception, count: int) -> str:

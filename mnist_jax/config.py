@@ -13,6 +13,7 @@ registry beside the code that implements it (`optim.OPTIMIZERS`, `models.ACTIVAT
 import functools
 import importlib.util
 import pathlib
+import traceback
 
 import ml_collections
 
@@ -36,6 +37,10 @@ def default_config() -> ml_collections.ConfigDict:
   # (XLA's RngBitGenerator: cheaper dropout masks; bits may differ across platforms and JAX
   # versions, and vmapped replicas all draw from the first replica's key).
   config.rng_impl = "threefry"
+  # Precision of float32 matrix products (loop.MATMUL_PRECISIONS). "highest": full float32 on
+  # every backend, so GPU and TPU runs compute what the CPU and Keras compute; "default": the
+  # backend's fast path (TF32 on recent NVIDIA GPUs, bfloat16 passes on TPU). The CPU ignores it.
+  config.matmul_precision = "highest"
   # Replicas trained together in one vmapped program: seeds seed, seed+1, ..., x the sweep grid.
   config.num_seeds = 1
   config.sweep = ml_collections.ConfigDict()
@@ -134,15 +139,56 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
   Experiments that extend another one call this too (`load("adam_mlp_784")`), so a config file is
   always loaded by its path, never imported as a package module.
   """
-  path = resolve(name_or_path)
-  spec = importlib.util.spec_from_file_location(f"mnist_jax_experiment_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"{path} has no get_config() function returning a ConfigDict.")
-  config = module.get_config()
+  config = load_file(resolve(name_or_path))
   validate(config)
   return config
+
+
+def load_file(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """Run a config file's `get_config()`; any failure becomes one ConfigError paragraph naming the
+  file, the line and the Python error (a file can fail to parse, to import, or in get_config)."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"mnist_jax_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"Config file {path} has no get_config() function. Define one that "
+                        f"returns a ConfigDict, e.g. starting from "
+                        f"mnist_jax.config.default_config().")
+    config = module.get_config()
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f"Config file {path} does not parse: {e.msg} at line {e.lineno}. Fix the "
+                      f"file (or pick another --config).") from None
+  except Exception as e:  # pylint: disable=broad-except  # the file's own code failed
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if pathlib.Path(frame.filename) == path]
+    where = f" at line {lines[-1]}" if lines else ""
+    raise ConfigError(f"Config file {path} failed{where}: {type(e).__name__}: {e}. Fix the file "
+                      f"(or pick another --config).") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config() in {path} returned a {type(config).__name__}, not an "
+                      f"ml_collections.ConfigDict. Start from mnist_jax.config.default_config() "
+                      f"and change its fields.")
+  missing = sorted(set(flatten(default_config().to_dict())) - set(flatten(config.to_dict())))
+  if missing:
+    raise ConfigError(f"The config of {path} lacks the field(s) {', '.join(missing)}. Start from "
+                      f"mnist_jax.config.default_config(), which has every field the trainer "
+                      f"reads.")
+  return config
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}: a config's fields by their override names."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
 
 
 def _choices() -> dict:
@@ -160,6 +206,7 @@ def _choices() -> dict:
       ("optimizer", "schedule"): optim.SCHEDULES,
       ("train", "monitor"): loop.MONITORS,
       ("rng_impl",): train.RNG_IMPLS,
+      ("matmul_precision",): loop.MATMUL_PRECISIONS,
   }
 
 
@@ -200,6 +247,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.train.early_stopping_patience={train.early_stopping_patience} needs "
           f"validation data: set config.data.validation (e.g. train_tail), or set the patience "
           f"to 0 to turn early stopping off.")
+  require(model.num_classes >= 2,
+          f"config.model.num_classes={model.num_classes} must be at least 2 (MNIST: 10).")
   require(all(int(h) >= 1 for h in model.hidden_sizes),
           f"config.model.hidden_sizes={tuple(model.hidden_sizes)} must be positive integers.")
   rates = tuple(model.dropout) + (model.input_dropout,)

@@ -279,8 +279,10 @@ def _load_tfds(name: str, tfds_dir: pathlib.Path, manual_dir: Optional[pathlib.P
   tfds = _import_tfds()
   try:
     builder = tfds.builder(name, data_dir=str(tfds_dir))
-  except tfds.core.DatasetNotFoundError as e:
-    raise DataError(f"config.data.name={name!r}: {e}") from None
+  except (tfds.core.DatasetNotFoundError, ValueError) as e:  # unknown, or not a name at all
+    raise DataError(f"config.data.name={name!r} is not a tensorflow-datasets dataset "
+                    f"({str(e).splitlines()[0]}). Use mnist, or a name from the tfds catalog "
+                    f"(https://www.tensorflow.org/datasets/catalog).") from None
   how = "read"
   if not builder.is_prepared():
     _import_tensorflow(f"config.data.name={name!r} is not prepared in {tfds_dir} (only MNIST "

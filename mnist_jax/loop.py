@@ -8,12 +8,14 @@ each epoch, stop on signals, divergence or exhausted patience, then test and wri
 import dataclasses
 import logging
 import math
+import os
 import pathlib
 import signal
 import time
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import checkpoints, data, models, optim, parallel, replicas
@@ -41,11 +43,19 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   and restore_best: the best epoch's) and the history (dict of per-epoch lists, like Keras's).
   """
   workdir = pathlib.Path(workdir)
-  workdir_lib.check(workdir, config, overwrite)
-  setup = Setup.create(config)  # the data is checked against the config before anything is written
-  workdir_lib.prepare(workdir, config, overwrite)
-  _log_model(setup, config)
+  with workdir_lib.lock(workdir), matmul_precision(config):
+    workdir_lib.check(workdir, config, overwrite)
+    setup = Setup.create(config)  # the data is checked against the config before anything is written
+    workdir_lib.prepare(workdir, config, overwrite)
+    _log_model(setup, config)
+    try:
+      return _train_and_test(config, workdir, setup)
+    except OSError as e:  # disk full, I/O error, read-only: the checkpoints before are intact
+      raise workdir_lib.write_error(pathlib.Path(e.filename or workdir), e) from None
 
+
+def _train_and_test(config, workdir: pathlib.Path, setup: "Setup"):
+  """Resume, train the remaining epochs, test, write summary.json; returns what the caller does."""
   checkpointer = checkpoints.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
                                           config.train.keep_checkpoints)
   best_checkpointer = (None if setup.val is None else checkpoints.Checkpointer(
@@ -83,6 +93,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
 # ---------------------------------------------------------------------------------------------
 # Set-up
 
+MATMUL_PRECISIONS = ("default", "high", "highest")  # config.matmul_precision
+
+
+def matmul_precision(config):
+  """The config's float32 matmul precision, for everything traced inside the `with` block."""
+  return jax.default_matmul_precision(config.matmul_precision)
+
+
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
@@ -109,6 +127,7 @@ class Setup:
                          parallel.DeviceData.put(split, config.data.preprocess, mesh))
     train, val, test = put(splits.train), put(splits.val), put(splits.test)
     steps_per_epoch = math.ceil(len(train) / config.train.batch_size)
+    _check_fits_in_memory(config, train.images.shape[1])
     functions = replicas.init_run(config, train.images.shape[1], steps_per_epoch)
     return cls(splits, mesh, train, val, test, steps_per_epoch, functions,
                parallel.put_replicated(functions.state, mesh))
@@ -118,10 +137,33 @@ def _load_splits(config) -> data.Splits:
   splits = data.load(config.data)
   log.info("Data: %s; train %s, val %s, test %s", splits.source, splits.train.images.shape,
            None if splits.val is None else splits.val.images.shape, splits.test.images.shape)
+  labels = max(int(split.labels.max()) for split in (splits.train, splits.test) if len(split))
+  if labels >= config.model.num_classes:
+    raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but the data has "
+                      f"labels up to {labels}. Set it to {labels + 1} (or more).")
   if config.train.batch_size > len(splits.train):
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} is larger than the "
                       f"training set ({len(splits.train)} examples). Use a smaller batch size.")
   return splits
+
+
+def _check_fits_in_memory(config, input_dim: int) -> None:
+  """Refuse a model whose training state cannot fit (a typo such as hidden_sizes=1000000, or
+  num_seeds=100000) with one paragraph, before allocating it: the parameters of every replica,
+  counted abstractly, times 5 (gradients, two optimizer moments, a moving average), against half
+  of the first device's memory (the host's on CPU)."""
+  shapes = jax.eval_shape(lambda: models.build(config.model).init(
+      {"params": jax.random.key(0)}, jnp.zeros((1, input_dim)), train=False))
+  need = 5 * 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+  need *= len(replicas.replica_settings(config))
+  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+  have = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if need > have / 2:
+    raise ConfigError(
+        f"This config's training state needs about {need / 2**30:.1f} GiB ({config.model.name} "
+        f"{tuple(config.model.hidden_sizes)}, {len(replicas.replica_settings(config))} "
+        f"replica(s)), more than half of the {have / 2**30:.1f} GiB the device has. Use smaller "
+        f"config.model.hidden_sizes or fewer replicas (config.num_seeds, config.sweep).")
 
 
 def _log_model(setup: Setup, config) -> None:
@@ -201,7 +243,7 @@ def _train_one_epoch(config, setup: Setup, state, epoch: int, checkpointer) -> t
                                            config.train.label_smoothing, setup.mesh)
   metrics = summarize(sums)
   _raise_if_diverged(state, first_bad, metrics["loss"], epoch, setup.steps_per_epoch,
-                     checkpointer)
+                     config.model.num_classes, checkpointer)
   record = {"epoch": epoch, "step": int(np.max(to_host(state.step)))}
   _add_metrics(record, "", {"learning_rate": to_host(optim.learning_rate(state.opt_state)).tolist()})
   _add_metrics(record, "train_", metrics)
@@ -260,25 +302,38 @@ class _StopSignals:
 # Divergence
 
 
+# An epoch whose mean training loss exceeds this many times log(num_classes), the loss of a model
+# that knows nothing and guesses uniformly, has diverged even while its loss is still finite.
+DIVERGED_LOSS_FACTOR = 10.0
+
+
 def _all_finite(tree) -> bool:
   return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(to_host(tree)))
 
 
 def _raise_if_diverged(state, first_bad, loss, epoch: int, steps_per_epoch: int,
-                       checkpointer: checkpoints.Checkpointer) -> None:
-  """Stop at a non-finite loss, or parameters (the epoch's last update overflowed), before
-  anything of this epoch is saved: the checkpoints keep the last good epoch.
+                       num_classes: int, checkpointer: checkpoints.Checkpointer) -> None:
+  """Stop at a non-finite loss or parameters (the epoch's last update overflowed), or an epoch
+  loss above DIVERGED_LOSS_FACTOR * log(num_classes), before anything of this epoch is saved:
+  the checkpoints keep the last good epoch.
 
   With replicas, `first_bad` and `loss` have one entry per replica, and any replica stops all.
   """
-  first_bad = to_host(first_bad).reshape(-1)
+  first_bad, loss = to_host(first_bad).reshape(-1), np.ravel(loss)
+  which = lambda replica: f" in replica {replica}" if loss.size > 1 else ""
+  limit = DIVERGED_LOSS_FACTOR * math.log(num_classes)
   if np.any(first_bad >= 0):
     replica = int(np.argmin(np.where(first_bad >= 0, first_bad, np.iinfo(np.int32).max)))
-    which = f" in replica {replica}" if first_bad.size > 1 else ""
-    what = f"the training loss became {np.ravel(loss)[replica]}{which}"
-    step = int(first_bad[replica]) + 1
+    what = f"the training loss became {loss[replica]}{which(replica)}"
+    where = f", step {int(first_bad[replica]) + 1} of {steps_per_epoch}"
   elif not _all_finite(state.params):
-    what, step = "the parameters became NaN or infinite", steps_per_epoch
+    what, where = "the parameters became NaN or infinite", f", step {steps_per_epoch} of {steps_per_epoch}"
+  elif np.any(loss > limit):
+    replica = int(np.argmax(loss))
+    what = (f"the epoch's mean training loss became {loss[replica]:.4g}{which(replica)}, above "
+            f"{DIVERGED_LOSS_FACTOR:g} x log({num_classes}) = {limit:.1f} (ten times the loss of "
+            f"a model that guesses uniformly)")
+    where = ""
   else:
     return
   lr = float(np.max(to_host(optim.learning_rate(state.opt_state))))
@@ -286,10 +341,9 @@ def _raise_if_diverged(state, first_bad, loss, epoch: int, steps_per_epoch: int,
   kept = (f"The last good checkpoint (epoch {good[-1]}) is in {checkpointer.directory}."
           if good else "No checkpoint had been saved yet.")
   raise TrainingDiverged(
-      f"Training diverged: {what} at epoch {epoch}, step {step} of {steps_per_epoch} (learning "
-      f"rate {lr:g}). This usually means the learning rate is too high: try "
-      f"--config.optimizer.learning_rate={lr / 10:g} with a new --workdir (or --overwrite). "
-      f"{kept}")
+      f"Training diverged: {what} at epoch {epoch}{where} (learning rate {lr:g}). This usually "
+      f"means the learning rate is too high: try --config.optimizer.learning_rate={lr / 10:g} "
+      f"with a new --workdir (or --overwrite). {kept}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,16 +42,20 @@ def _fail(message: str, code: int = 2):
 
 
 def _config_name_to_path(argv: list[str]) -> list[str]:
-  """Let `--config=NAME` mean experiments/NAME.py; unknown names list the available ones."""
+  """Let `--config=NAME` mean experiments/NAME.py; unknown names list the available ones, and a
+  file that fails to load is reported here, before absl would print its traceback."""
   out = []
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-      out.append(f"--config={config_lib.resolve(value)}")
+      path = config_lib.resolve(arg.split("=", 1)[1])
+      config_lib.load_file(path)
+      out.append(f"--config={path}")
     elif arg == "--config" and i + 1 < len(argv):
       out.append("--config")  # the value follows; resolved below
     elif i > 0 and argv[i - 1] == "--config":
-      out.append(str(config_lib.resolve(arg)))
+      path = config_lib.resolve(arg)
+      config_lib.load_file(path)
+      out.append(str(path))
     else:
       out.append(arg)
   return out
@@ -60,21 +64,31 @@ def _config_name_to_path(argv: list[str]) -> list[str]:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with a one-paragraph error instead of a traceback for bad configs."""
   try:
-    rest = flags.FLAGS(_config_name_to_path(argv))
-    cfg = _CONFIG.value  # raises here for a broken config file
+    return parse_command_line(argv, flags.FLAGS, _CONFIG)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+
+
+def parse_command_line(argv: list[str], flag_values: flags.FlagValues, config_flag) -> list[str]:
+  """Parse `argv` into `flag_values` (whose `config_flag` is the --config flag) and validate the
+  config; every bad --config, override or value raises one ConfigError paragraph."""
+  try:
+    rest = flag_values(_config_name_to_path(argv))
+    cfg = config_flag.value  # raises here for a broken config file
     if cfg is None:
       raise config_lib.ConfigError("--config is required, e.g. --config=adam_mlp. Available: "
                                    + ", ".join(config_lib.available()) + ".")
     config_lib.validate(cfg)
-  except config_lib.ConfigError as e:
-    _fail(str(e))
+  except config_lib.ConfigError:
+    raise
   except flags.Error as e:
-    _fail(f"{e}\nRun with --helpfull to see all flags.")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise config_lib.ConfigError(f"{e}\nRun with --helpfull to see all flags.") from None
+  except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
     # ml_collections reports an unknown override (--config.train.epoch=3) this way.
     message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
-    _fail(f"Bad --config override: {message}. Overrides must name an existing field, e.g. "
-          f"--config.train.epochs=3; see the experiment file or mnist_jax/config.py for fields.")
+    raise config_lib.ConfigError(
+        f"Bad --config override: {message}. Overrides must name an existing field, e.g. "
+        f"--config.train.epochs=3; see the experiment file or mnist_jax/config.py for fields.") from None
   return rest
 
 
@@ -119,19 +133,12 @@ def main(argv):
   log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
            workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
            jax.process_count())
-  report_only = (_REPORT.value and not _OVERWRITE.value
-                 and workdir_lib.finished_without_report(workdir, config))
   try:
-    if report_only:
-      log.info("%s holds this config's finished run, but not its complete report (stopped while "
-               "writing it?): writing the report.", workdir)
-    else:
-      loop.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
-    if _REPORT.value and jax.process_index() == 0:
-      from mnist_jax import report  # pylint: disable=import-outside-toplevel
-      log.info("Report: %s", report.build(workdir))
+    with workdir_lib.lock(workdir):  # held through training and the report
+      _train_and_report(config, workdir)
   except (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,
-          workdir_lib.RunError, loop.TrainingDiverged) as e:
+          workdir_lib.RunError, workdir_lib.WorkdirBusy, workdir_lib.WriteError,
+          loop.TrainingDiverged) as e:
     _fail(str(e), code=1)
   except loop.RunInterrupted as e:
     print(f"\n{e}", file=sys.stderr)
@@ -141,6 +148,25 @@ def main(argv):
           "checkpoint.", file=sys.stderr)
     sys.exit(130)
   log.info("Results in %s", workdir)
+
+
+def _train_and_report(config, workdir: pathlib.Path) -> None:
+  """Train (or resume) the run, then write its report; a finished run whose report is missing or
+  was cut short (killed while writing it) gets only the report."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mnist_jax import loop, report  # pylint: disable=import-outside-toplevel
+  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  if (_REPORT.value and not _OVERWRITE.value
+      and workdir_lib.finished_without_report(workdir, config)):
+    log.info("%s holds this config's finished run, but not its complete report (stopped while "
+             "writing it?): writing the report.", workdir)
+  else:
+    loop.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+  if _REPORT.value and jax.process_index() == 0:
+    try:
+      log.info("Report: %s", report.build(workdir))
+    except OSError as e:
+      raise workdir_lib.write_error(pathlib.Path(e.filename or workdir), e) from None
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ NUM_FIRST_TEST = 10
 
 def probabilities(run: workdir_lib.Run, images: np.ndarray) -> np.ndarray:
   """Softmax probabilities (N, classes) for uint8 images (N, H, W), preprocessed as in training."""
+  from mnist_jax import loop  # pylint: disable=import-outside-toplevel
   x = data.preprocess(images, run.config.data.preprocess)
-  return np.asarray(train.predict_probabilities(run.state, x, run.config.train.eval_batch_size))
+  with loop.matmul_precision(run.config):
+    return np.asarray(train.predict_probabilities(run.state, x, run.config.train.eval_batch_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,16 +98,6 @@ def write_tensorboard(history: Sequence[dict], logdir: pathlib.Path) -> None:
 # The command that reproduces a run
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def _flag_value(value) -> str:
   if isinstance(value, tuple):
     return ",".join(map(str, value)) if value else "()"
@@ -115,10 +107,10 @@ def _flag_value(value) -> str:
 def reproduce_command(config, workdir) -> str:
   """The `mnist_jax.main` command for `config`: the closest experiment plus one override per
   field that differs, so that it works for runs started from notebooks or old configs too."""
-  target = _flatten(config.to_dict())
+  target = config_lib.flatten(config.to_dict())
   best = None
   for name in config_lib.available():
-    base = _flatten(config_lib.load(name).to_dict())
+    base = config_lib.flatten(config_lib.load(name).to_dict())
     overrides = {key: value for key, value in target.items() if base.get(key) != value}
     if best is None or len(overrides) < len(best[1]):
       best = (name, overrides)

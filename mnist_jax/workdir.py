@@ -7,17 +7,25 @@
     <workdir>/summary.json       test metrics; written last: its presence marks a finished run
     <workdir>/report.md, ...     the report (REPORT_FILES; mnist_jax.report writes them)
 
-Rules: a workdir holding a finished run, or a run of another config, is never written to by
-accident (`check`); every file is replaced atomically (`write_atomic`); only process 0 of a
-multi-host job writes. The training loop, main, report and predict all go through this module.
+    <workdir>/.lock              held (flock) by the one process that writes the run
+
+Rules: one process writes a run at a time (`lock`); a workdir holding a finished run, or a run of
+another config, is never written to by accident (`check`); every file is replaced atomically
+(`write_atomic`); only process 0 of a multi-host job writes. The training loop, main, report and
+predict all go through this module.
 """
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
 import pathlib
 import shutil
+import socket
+import time
 
 import jax
 import ml_collections
@@ -34,8 +42,79 @@ REPORT_FILES = (REPORT, "figures", "tensorboard", "classification_report.txt",
 RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, SUMMARY, CONFIG) + REPORT_FILES
 
 
+LOCK = ".lock"
+
+
 class RunError(RuntimeError):
   """A workdir that holds no usable run; the message says what is missing."""
+
+
+class WorkdirBusy(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+class WriteError(RuntimeError):
+  """A file of the run could not be written (disk full, I/O error, read-only)."""
+
+
+def write_error(path: pathlib.Path, error: OSError) -> WriteError:
+  """One paragraph for a failed write: what, why, what is safe, what to do."""
+  why = error.strerror or str(error)
+  if error.errno == errno.ENOSPC:
+    fix = "Free some space (or move the workdir to another disk)"
+  elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    fix = "Make the directory writable again"
+  else:
+    fix = "Fix the storage"
+  return WriteError(f"Cannot write {path} ({why}). The run stopped; the checkpoints written "
+                    f"before are intact. {fix}, then run the same command again: it continues "
+                    f"from the last checkpoint (or with the report) and ends exactly like an "
+                    f"uninterrupted run.")
+
+
+_held: set[pathlib.Path] = set()  # the workdirs this process holds
+
+
+@contextlib.contextmanager
+def lock(workdir: pathlib.Path):
+  """Hold `workdir` exclusively for this process while the block runs.
+
+  An flock on <workdir>/.lock: the kernel releases it when the process dies, kill -9 included,
+  so a lock never outlives its holder and never blocks a resume. A second process that finds it
+  held gets WorkdirBusy naming the holder. Re-entrant within a process (main holds it around
+  training and the report; train_and_evaluate takes it too, for callers from notebooks). In a
+  multi-host job only process 0 writes, so only it locks: one lock per job.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  if workdir in _held or not parallel.is_primary():
+    yield  # the outer block (or process 0) holds it
+    return
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise ConfigError(f"Cannot write to workdir {workdir} ({e.strerror}). "
+                      f"Choose a writable --workdir.") from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+      raise WorkdirBusy(
+          f"{workdir} is in use by {holder}. Two processes must not write one run: wait for it "
+          f"to finish (then run the same command again to resume it or see its results), stop "
+          f"it (Ctrl-C or kill: it can be resumed), or use another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f"PID {os.getpid()} on host {socket.gethostname()}, started "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n").encode(), 0)
+    _held.add(workdir)
+    try:
+      yield
+    finally:
+      _held.discard(workdir)
+      os.ftruncate(fd, 0)
+  finally:
+    os.close(fd)  # releases the flock
 
 
 def config_json(config) -> str:

@@ -46,3 +46,17 @@ def test_scaling_benchmark_times_seeds_and_devices_of_a_scheduled_config(tmp_pat
   rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
   assert [(r["seeds"], r["devices"]) for r in rows] == [(1, 1), (2, 1), (1, 1), (1, 2)]
   assert all(r["median"] > 0 for r in rows)
+
+
+def test_device_check_quick_on_this_machine(tmp_path):
+  """The accelerator check, in its CPU-sized form: every part runs and passes here."""
+  result = _run("device_check", "--quick", f"--out={tmp_path}")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  report = json.loads((tmp_path / "device_check.json").read_text())
+  assert report["tutorials"][0]["ok"] and "test accuracy" in report["tutorials"][0]["printed"]
+  assert report["reproducibility"] == {"bit_identical": True, "kill_landed_mid_run": True,
+                                       "resume_exact": True, "ok": True}
+  assert {(r["config"], r["system"]) for r in report["timings"]} == {
+      ("adam_mlp", "mnist_jax"), ("adam_mlp", "jax_scan")}
+  assert [r["seeds"] for r in report["seeds"]] == [1, 4]
+  assert "| vmapped seeds of adam_mlp |" in (tmp_path / "device_check.md").read_text()

@@ -10,7 +10,7 @@ from mnist_jax import checkpoints, train
 from mnist_jax import config as config_lib
 
 # A failed read of a damaged checkpoint leaves reports that the library hides from users
-# (checkpoints._hide_leftovers_of_failed_reads), but pytest's own hook catches them first.
+# (checkpoints._silence_orbax_failure_reports), but pytest's own hook catches them first.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 

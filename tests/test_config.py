@@ -1,4 +1,6 @@
 """Configs: lookup by name or path, and validation (every rule, in one place)."""
+import re
+
 import pytest
 
 from mnist_jax import config as config_lib
@@ -80,3 +82,22 @@ def test_choices_come_from_the_registries():
     config_lib.validate(config)
   finally:
     del optim.OPTIMIZERS["lion_test"]
+
+
+@pytest.mark.parametrize("source,message", [
+    ("def get_config(:\n  pass\n", r"does not parse: .* at line 1"),
+    ("import no_such_module_here\n", r"failed at line 1: ModuleNotFoundError: No module named"),
+    ("def get_config():\n  x = 1\n  raise RuntimeError('boom')\n",
+     r"failed at line 3: RuntimeError: boom"),
+    ("def get_config():\n  return {'seed': 1}\n", r"returned a dict, not an ml_collections"),
+    ("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 1})\n",
+     r"lacks the field\(s\) data.idx_dir"),
+    ("x = 1\n", r"has no get_config\(\) function"),
+])
+def test_a_config_file_that_does_not_load_is_one_paragraph(tmp_path, source, message):
+  path = tmp_path / "broken.py"
+  path.write_text(source)
+  with pytest.raises(config_lib.ConfigError, match=f"{path}|broken.py") as error:
+    config_lib.load(str(path))
+  assert re.search(message, str(error.value)), str(error.value)
+  assert "\n" not in str(error.value)

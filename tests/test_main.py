@@ -92,3 +92,95 @@ def test_cli_unwritable_workdir(tmp_path):
                    f"--workdir={blocker / 'run'}", check=False)
   assert_clear_error(result, 1, f"Cannot write to workdir {blocker / 'run'}",
                       "Choose a writable --workdir")
+
+
+def test_cli_config_file_with_a_syntax_error(tmp_path):
+  path = tmp_path / "typo.py"
+  path.write_text("from mnist_jax.config import default_config\ndef get_config():\n"
+                  "  c = default_config(\n  return c\n")
+  result = run_cli(f"--config={path}", check=False)
+  assert_clear_error(result, 2, f"Config file {path} does not parse", "at line 3")
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed while writing the report
+
+
+def test_the_same_command_completes_a_report_cut_short(tmp_path):
+  """A run whose training finished but whose report did not (killed while writing it): the same
+  command writes the report without training again, and refuses nothing."""
+  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport")
+  summary = (tmp_path / "summary.json").read_text()
+  (tmp_path / "figures").mkdir()
+  (tmp_path / "figures" / "curves.png").write_bytes(b"\x89PNG half")  # what a kill leaves
+  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
+  assert "not its complete report" in result.stdout and "Epoch" not in result.stdout
+  assert (tmp_path / "report.md").exists() and (tmp_path / "summary.json").read_text() == summary
+  assert (tmp_path / "figures" / "curves.png").stat().st_size > 5000
+  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
+  assert result.returncode == 1 and "holds a finished run" in result.stderr  # now complete
+
+
+# ---------------------------------------------------------------------------------------------
+# Every override, fuzzed
+
+
+def _override_values():
+  from hypothesis import strategies as st  # pylint: disable=import-outside-toplevel
+  return st.one_of(
+      st.integers(-10**12, 10**12).map(str),
+      st.floats(allow_nan=True, allow_infinity=True).map(repr),
+      st.sampled_from(["", "()", "(,)", "1,2", "0,0", "-3", "0", "1", "1e309", "true", "False",
+                       "None", "relu", "idx", "tfds", "sgd", "[1]", "{}", "train_tail"]),
+      st.text(max_size=6))
+
+
+def test_random_overrides_are_refused_clearly_or_train(tmp_path_factory):
+  """Random fields, random values of random types: each is refused before training with one
+  paragraph (no traceback), or the config trains a tiny subset for one epoch and leaves a
+  consistent workdir. Bounded: 20 examples, a 256-example subset."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from hypothesis import HealthCheck, given, settings  # pylint: disable=import-outside-toplevel
+  from hypothesis import strategies as st  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from mnist_jax import config as config_lib, data, loop, main  # pylint: disable=import-outside-toplevel,multiple-imports
+  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  fields = sorted(config_lib.flatten(config_lib.default_config().to_dict()))
+  outcomes = {"refused": 0, "trained": 0, "stopped": 0}
+
+  @settings(max_examples=20, deadline=None, derandomize=True, database=None,
+            suppress_health_check=list(HealthCheck))
+  @given(field=st.sampled_from(fields), value=_override_values())
+  def check(field, value):
+    argv = ["main", "--config=adam_mlp", f"--config.{field}={value}"]
+    flag_values = flags.FlagValues()  # as main.py defines it, but for these arguments
+    config_flag = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                                  lock_config=True, sys_argv=argv)
+    try:
+      main.parse_command_line(argv, flag_values, config_flag)
+    except config_lib.ConfigError as e:
+      assert str(e).strip() and "Traceback" not in str(e), (field, value, str(e))
+      outcomes["refused"] += 1
+      return
+    config = config_flag.value
+    with config.unlocked():  # tiny, whatever the override asked for
+      config.data.train_subset, config.train.epochs = 256, 1
+      config.train.batch_size = min(config.train.batch_size, 256)
+      config.train.early_stopping_patience = min(config.train.early_stopping_patience, 1)
+    config_lib.validate(config)
+    workdir = tmp_path_factory.mktemp("fuzz")
+    try:
+      loop.train_and_evaluate(config, workdir)
+    except (config_lib.ConfigError, data.DataError, loop.TrainingDiverged) as e:
+      assert str(e).strip() and "Traceback" not in str(e), (field, value, str(e))
+      outcomes["stopped"] += 1
+      return
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1], (field, value)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["epochs"] == 1 and 0 <= summary["test_accuracy"] <= 1, (field, value)
+    assert workdir_lib.load_config(workdir).to_dict() == config.to_dict()
+    outcomes["trained"] += 1
+
+  check()
+  assert outcomes["refused"] and outcomes["trained"], outcomes  # both paths were exercised

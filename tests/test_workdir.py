@@ -67,3 +67,47 @@ def test_finished_run_is_not_overwritten(tmp_path):
 def test_a_directory_without_a_run_is_named(tmp_path):
   with pytest.raises(workdir_lib.RunError, match="is not the workdir of a run"):
     workdir_lib.load_run(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per run
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_workdir(tmp_path):
+  """Two copies of one command (a scheduler's restart, a second terminal): the second refuses at
+  once, naming the holder; the first trains on, and every epoch is recorded once."""
+  import subprocess, sys, time  # pylint: disable=import-outside-toplevel,multiple-imports
+  from conftest import REPO, assert_clear_error  # pylint: disable=import-outside-toplevel
+  command = [sys.executable, "-m", "mnist_jax.main", "--config=adam_mlp",
+             "--config.data.source=idx", "--config.data.train_subset=6000",
+             "--config.train.epochs=4", "--noreport", f"--workdir={tmp_path}"]
+  first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+  deadline = time.monotonic() + 120
+  while not (tmp_path / ".lock").exists() or not (tmp_path / ".lock").read_text():
+    assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+    time.sleep(0.01)
+  second = run_cli(*command[3:], check=False)
+  assert_clear_error(second, 1, f"{tmp_path.resolve()} is in use by PID {first.pid} on host",
+                     "started", "use another --workdir")
+  assert first.wait(timeout=300) == 0, first.communicate()
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
+  import signal, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  from conftest import REPO  # pylint: disable=import-outside-toplevel
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from mnist_jax import workdir\n"
+       "with workdir.lock(sys.argv[1]):\n  print('held', flush=True); time.sleep(600)",
+       str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(workdir_lib.WorkdirBusy, match=f"PID {holder.pid}"):
+    with workdir_lib.lock(tmp_path):
+      pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with workdir_lib.lock(tmp_path):  # the kernel released it with the process
+    with workdir_lib.lock(tmp_path):  # and it is re-entrant within a process
+      pass

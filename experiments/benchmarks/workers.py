@@ -105,9 +105,16 @@ def time_epochs(config, epochs: int) -> dict:
   includes a real compilation. Also the last epoch's training metrics and the test metrics (means
   over replicas)."""
   import jax  # pylint: disable=import-outside-toplevel
+  from mnist_jax import loop  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_enable_compilation_cache", False)
+  with loop.matmul_precision(config):
+    return _time_epochs(config, epochs)
+
+
+def _time_epochs(config, epochs: int) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mnist_jax import loop, train  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_enable_compilation_cache", False)
   setup = loop.Setup.create(config)
   fns, state = setup.functions, setup.state
   jax.block_until_ready(state)
