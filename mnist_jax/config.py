@@ -69,6 +69,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.batchnorm_momentum = 0.99
   config.model.batchnorm_epsilon = 1e-3
   config.model.kernel_init = "glorot_uniform"  # models.KERNEL_INITS; Keras's Dense default
+  # name="ladder" (ladder.LadderMLP, Rasmus et al. 2015) only: the corrupted pass's noise std (one
+  # value, or one per layer from the input z_0 to the logits z_L), the denoising cost weights
+  # lambda_0..lambda_L (all 0: the supervised half alone), the decoder's combinator function.
+  config.model.noise_std = (0.3,)
+  config.model.denoising_weights = ()
+  config.model.combinator = "vanilla"  # ladder.COMBINATORS
   config.model.num_classes = 10
 
   config.optimizer = ml_collections.ConfigDict()
@@ -84,6 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "constant"  # optim.SCHEDULES
   config.optimizer.warmup_epochs = 0.0  # warmup_cosine: epochs of linear warmup from 0
   config.optimizer.decay_epochs = 0.0  # linear_tail: the last epochs, decayed linearly to 0
+  config.optimizer.decay_rate = 0.9  # exponential: the rate is multiplied by this every epoch
   config.optimizer.grad_clip_norm = 0.0  # >0: clip the global gradient norm
   # >0: after each step, rescale every hidden unit's incoming weight vector (kernel column) to at
   # most this L2 norm (max-norm, Srivastava et al. 2014: typically 2-4 with dropout).
@@ -97,6 +104,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 32  # Keras fit's default
   config.train.eval_batch_size = 2000
   config.train.label_smoothing = 0.0
+  # Virtual adversarial training (Miyato et al. 2016): adds vat_weight * KL(p(x) || p(x + r)), r of
+  # L2 norm vat_epsilon per example found by vat_iterations power iterations with step vat_xi.
+  config.train.vat_epsilon = 0.0  # 0 = off
+  config.train.vat_xi = 1e-6
+  config.train.vat_iterations = 1
+  config.train.vat_weight = 1.0
+  # Adversarial training (Goodfellow et al. 2015, fast gradient sign): the loss becomes
+  # alpha J(x) + (1 - alpha) J(x + adversarial_epsilon sign(grad_x J(x))).
+  config.train.adversarial_epsilon = 0.0  # 0 = off
+  config.train.adversarial_alpha = 0.5
   config.train.checkpoint_every = 1  # epochs between checkpoints
   config.train.keep_checkpoints = 2
   # With validation, the best epoch by `monitor` is also kept, in checkpoints_best/.
@@ -191,6 +208,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
+def _registry(module: str, name: str):
+  return getattr(importlib.import_module(f"mnist_jax.{module}"), name)
+
+
 def _choices() -> dict:
   """(group, field) -> the registry its value must be a key of."""
   # Imported here: they import jax, and data.py imports this module.
@@ -272,6 +293,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(opt.max_norm >= 0, f"config.optimizer.max_norm={opt.max_norm} must be >= 0 (0 = off).")
   require(0 <= train.ema_decay < 1,
           f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0 = off; e.g. 0.999).")
+  if model.name == "ladder":
+    layers = len(model.hidden_sizes) + 2  # z_0 (the input) ... z_L (the logits)
+    noise = tuple(model.noise_std)
+    require(len(model.denoising_weights) == layers and all(w >= 0 for w in model.denoising_weights),
+            f"config.model.denoising_weights={tuple(model.denoising_weights)} needs {layers} "
+            f"values >= 0 for the ladder model, one per layer from the input to the logits "
+            f"(all 0: the supervised half alone).")
+    require(len(noise) in (1, layers) and all(n >= 0 for n in noise),
+            f"config.model.noise_std={model.noise_std} needs one value >= 0, or {layers}.")
+    require(model.combinator in _registry("ladder", "COMBINATORS"),
+            f"config.model.combinator={model.combinator!r} is not one of "
+            f"{', '.join(_registry('ladder', 'COMBINATORS'))}.")
+    require(not (model.dropout or model.input_dropout or model.input_batchnorm
+                 or model.hidden_batchnorm or model.gaussian_noise),
+            "The ladder model has its own BatchNorm and noise (config.model.noise_std): "
+            "config.model.dropout, input_dropout, input_batchnorm, hidden_batchnorm and "
+            "gaussian_noise belong to the mlp model; leave them at their defaults.")
+  require(0 < opt.decay_rate <= 1, f"config.optimizer.decay_rate={opt.decay_rate} must be in (0, 1].")
+  require(opt.schedule != "linear_tail" or 0 < opt.decay_epochs <= train.epochs,
+          f"config.optimizer.decay_epochs={opt.decay_epochs} must be in (0, epochs] for the "
+          f"linear_tail schedule.")
+  require(train.vat_epsilon >= 0 and train.vat_xi > 0 and train.vat_iterations >= 1
+          and train.vat_weight >= 0,
+          f"config.train.vat_epsilon={train.vat_epsilon} (>= 0), vat_xi={train.vat_xi} (> 0), "
+          f"vat_iterations={train.vat_iterations} (>= 1) and vat_weight={train.vat_weight} "
+          f"(>= 0) are out of range.")
+  require(train.adversarial_epsilon >= 0 and 0 <= train.adversarial_alpha <= 1,
+          f"config.train.adversarial_epsilon={train.adversarial_epsilon} must be >= 0 and "
+          f"adversarial_alpha={train.adversarial_alpha} in [0, 1].")
   require(data.train_subset >= 0,
           f"config.data.train_subset={data.train_subset} must be >= 0 (0 = all).")
   if problems:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import checkpoints, data, models, optim, parallel, replicas
+from mnist_jax import checkpoints, data, models, optim, parallel, replicas, train
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import ConfigError
 from mnist_jax.parallel import to_host
@@ -240,7 +240,7 @@ def _train_one_epoch(config, setup: Setup, state, epoch: int, checkpointer) -> t
   fns = setup.functions
   state, sums, first_bad = fns.train_epoch(state, setup.train.images, setup.train.labels,
                                            fns.keys_of_epoch(epoch), config.train.batch_size,
-                                           config.train.label_smoothing, setup.mesh)
+                                           train.Objective.from_config(config.train), setup.mesh)
   metrics = summarize(sums)
   _raise_if_diverged(state, first_bad, metrics["loss"], epoch, setup.steps_per_epoch,
                      config.model.num_classes, checkpointer)

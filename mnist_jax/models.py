@@ -5,7 +5,6 @@
 `is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret them.
 """
 
-import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax import ladder
 from mnist_jax.cpu_tuning import dense_dot_general
 
 ACTIVATIONS = {
@@ -100,7 +100,7 @@ class MLP(nn.Module):
 
 
 # config.model.name -> the module class; each builds itself with `from_config(config.model)`.
-MODELS = {"mlp": MLP}
+MODELS = {"mlp": MLP, "ladder": ladder.LadderMLP}
 
 
 def build(model_config) -> nn.Module:
@@ -117,29 +117,37 @@ def is_hidden_kernel(path) -> bool:
   return names[-1] == "kernel" and str(names[0]).startswith(f"{HIDDEN_DENSE}_")
 
 
+_TOP = 10**6  # the logits' position; a Ladder's decoder comes after it, top-down
+
+
 def _layer_position(name: str) -> tuple:
   """Order of the layers in the network (parameter dicts come sorted by name)."""
   if name == INPUT_BATCHNORM:
     return (-1, 0)
-  if name == LOGITS:
-    return (math.inf, 0)
+  if name.startswith(LOGITS):  # logits, logits_batchnorm
+    return (_TOP, len(name))
   kind, _, index = name.rpartition("_")
-  return (int(index), 0 if kind == HIDDEN_DENSE else 1)
+  if kind in (HIDDEN_DENSE, HIDDEN_BATCHNORM):
+    return (int(index), 0 if kind == HIDDEN_DENSE else 1)
+  return (2 * _TOP - int(index), 0 if kind == "decoder" else 1)  # ladder.LadderMLP's decoder
 
 
 def summary(params, batch_stats, model_config) -> str:
   """A Keras-like table of the network: layer, output shape, parameter counts."""
   rows = [("Layer", "Output shape", "Params")]
   trainable = non_trainable = 0
-  activated = HIDDEN_BATCHNORM if model_config.hidden_batchnorm else HIDDEN_DENSE  # then activation
   for name in sorted(params, key=_layer_position):
     count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params[name]))
     stats = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(batch_stats.get(name, {})))
     trainable += count
     non_trainable += stats
-    width = params[name]["bias"].shape[0]
-    kind = "Dense" if "kernel" in params[name] else "BatchNorm"
-    if name.startswith(f"{activated}_"):
+    width = jax.tree.leaves(params[name])[0].shape[-1]
+    kind = ("Dense" if "kernel" in params[name] else
+            "Combinator" if "a1" in params[name] else "BatchNorm")
+    index = name.rpartition("_")[2]
+    # The activation follows a hidden layer's BatchNorm when it has one, else its Dense.
+    if name == f"{HIDDEN_BATCHNORM}_{index}" or (
+        name == f"{HIDDEN_DENSE}_{index}" and f"{HIDDEN_BATCHNORM}_{index}" not in params):
       kind += f" ({model_config.activation})"
     elif name == LOGITS:
       kind += " (softmax in loss)"
@@ -151,3 +159,4 @@ def summary(params, batch_stats, model_config) -> str:
   lines.append(f"Total params: {trainable + non_trainable:,} "
                f"(trainable {trainable:,}, non-trainable {non_trainable:,})")
   return "\n".join(lines)
+

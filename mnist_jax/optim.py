@@ -58,6 +58,9 @@ SCHEDULES: dict[str, Callable] = {
     "warmup_cosine": lambda c, total, steps_per_epoch: optax.warmup_cosine_decay_schedule(
         0.0, c.learning_rate, int(c.warmup_epochs * steps_per_epoch), total),
     "linear_tail": _linear_tail,
+    # Miyato et al.'s VAT runs: the rate times decay_rate after every epoch.
+    "exponential": lambda c, total, steps_per_epoch: optax.exponential_decay(
+        c.learning_rate, steps_per_epoch, c.decay_rate, staircase=True),
 }
 
 

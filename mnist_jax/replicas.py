@@ -42,14 +42,15 @@ def create_replica_states(config, input_dim: int = 784,
   return jax.jit(jax.vmap(one))(seeds, rates)
 
 
-@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "label_smoothing", "mesh"),
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "objective", "mesh"),
                    donate_argnames=("states",))
 def train_epoch_replicas(states: train.TrainState, images: jax.Array, labels: jax.Array,
-                         keys: jax.Array, batch_size: int, label_smoothing: float = 0.0,
+                         keys: jax.Array, batch_size: int,
+                         objective: train.Objective = train.Objective(),
                          mesh: Optional[jax.sharding.Mesh] = None):
   """`train.train_epoch` for R independent replicas: `states` and `keys` have a leading axis R."""
   one = lambda state, key: train.train_epoch.__wrapped__(state, images, labels, key, batch_size,
-                                                         label_smoothing, mesh)
+                                                         objective, mesh)
   return jax.vmap(one)(states, keys)
 
 

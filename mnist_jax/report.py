@@ -20,6 +20,7 @@ checkpoint) and (re)writes:
 The numbers come from `metrics.py`, the pictures from `figures.py`; this module writes the files.
 """
 
+import importlib
 import json
 import pathlib
 import shlex
@@ -67,21 +68,34 @@ _TENSORBOARD_TAGS = {  # metrics.jsonl key -> (run, tag); Keras's layout, so Ten
 }
 
 
+def _import_tensorboardx():
+  """tensorboardX imports torch, when installed, only to accept torch tensors (a second or more):
+  torch is hidden for the duration of this import; we pass plain floats."""
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
+  try:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+  finally:
+    if hide_torch:
+      del sys.modules["torch"]
+  return tensorboardX
+
+
+def preload() -> None:
+  """Import what the report draws and writes with (matplotlib, tensorboardX: about a second), e.g.
+  in a thread while the run trains, so the report at its end starts drawing at once."""
+  for module in ("matplotlib.figure", "matplotlib.ticker", "matplotlib.backends.backend_agg"):
+    importlib.import_module(module)
+  _import_tensorboardx()
+
+
 def write_tensorboard(history: Sequence[dict], logdir: pathlib.Path) -> None:
   """Per-epoch scalars as TensorBoard event files (tensorboardX: TensorFlow not needed).
 
   Rewritten from metrics.jsonl each time, so a rebuilt report never duplicates points.
   """
-  # tensorboardX imports torch, when installed, only to accept torch tensors (a second or more):
-  # hide it for the duration of this import; we pass plain floats.
-  hide_torch = "torch" not in sys.modules
-  if hide_torch:
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-  finally:
-    if hide_torch:
-      del sys.modules["torch"]
+  SummaryWriter = _import_tensorboardx().SummaryWriter  # pylint: disable=invalid-name
   shutil.rmtree(logdir, ignore_errors=True)
   writers = {}
   for record in history:

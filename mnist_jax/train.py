@@ -15,6 +15,7 @@ uninterrupted run would have drawn. The loop around these functions is `loop.tra
 many seeds at once are `replicas`; several devices are `parallel`.
 """
 
+import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mnist_jax import cpu_tuning, models, optim, parallel
+from mnist_jax import adversarial, cpu_tuning, models, optim, parallel
 
 
 class TrainState(train_state.TrainState):
@@ -77,24 +78,63 @@ def _mask(batch):
   return batch["mask"] if "mask" in batch else jnp.ones(batch["label"].shape, jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("label_smoothing",))
-def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0):
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What train_step minimises, besides any cost the model sows: static, so each is compiled in.
+
+  From `config.train` by `Objective.from_config`; the defaults are plain cross-entropy.
+  """
+  label_smoothing: float = 0.0
+  # Virtual adversarial training (Miyato et al.): + vat_weight * KL(p(x) || p(x + r_vadv)).
+  vat_epsilon: float = 0.0  # the perturbation's L2 norm per example; 0 = off
+  vat_xi: float = 1e-6  # the power iteration's finite-difference step
+  vat_iterations: int = 1
+  vat_weight: float = 1.0
+  # Adversarial training (Goodfellow et al.): alpha J(x) + (1 - alpha) J(x + eps sign(grad_x J)).
+  adversarial_epsilon: float = 0.0  # 0 = off
+  adversarial_alpha: float = 0.5
+
+  @classmethod
+  def from_config(cls, train_config) -> "Objective":
+    return cls(**{f.name: train_config[f.name] for f in dataclasses.fields(cls)})
+
+
+@functools.partial(jax.jit, static_argnames=("objective",))
+def train_step(state: TrainState, batch: dict, rng: jax.Array,
+               objective: Objective = Objective()):
   """One optimizer step: returns the new state and the batch's metric sums.
 
   The loss is the mean cross-entropy over the real (mask 1) examples, so a padded tail batch
   takes the same step Keras takes on its short last batch, plus any cost the model adds to its
-  "losses" collection (`self.sow`; e.g. a Ladder network's denoising cost).
+  "losses" collection (`self.sow`; e.g. a Ladder network's denoising cost) and the adversarial
+  terms `objective` asks for. The metrics are the plain cross-entropy's.
   """
   mask = _mask(batch)
-  labels = batch["label"]
+  labels, images = batch["label"], batch["image"]
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mask=mask, rngs={"dropout": rng}, mutable=["batch_stats", "losses"])
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    losses = optax.softmax_cross_entropy(logits, targets)
-    loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    def forward(x):  # a training pass with this step's noise; its statistic updates are kept
+      return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                            mask=mask, rngs={"dropout": rng}, mutable=["batch_stats", "losses"])
+
+    def mean_loss(logits):
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                    objective.label_smoothing)
+      losses = optax.softmax_cross_entropy(logits, targets)
+      return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0), losses
+
+    logits, updates = forward(images)
+    loss, losses = mean_loss(logits)
+    if objective.adversarial_epsilon:
+      adversarial_loss = adversarial.adversarial_training_loss(
+          lambda x: mean_loss(forward(x)[0])[0], images, epsilon=objective.adversarial_epsilon)
+      loss = (objective.adversarial_alpha * loss
+              + (1.0 - objective.adversarial_alpha) * adversarial_loss)
+    if objective.vat_epsilon:
+      loss = loss + objective.vat_weight * adversarial.virtual_adversarial_loss(
+          lambda x: forward(x)[0], images, logits, jax.random.fold_in(rng, 1),
+          epsilon=objective.vat_epsilon, xi=objective.vat_xi,
+          num_iterations=objective.vat_iterations, mask=mask)
     extra = jax.tree.leaves(updates.get("losses", {}))
     if extra:
       loss = loss + sum(extra)
@@ -147,10 +187,10 @@ def _batched_indices(order: jax.Array, batch_size: int):
   return indices, mask
 
 
-@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "label_smoothing", "mesh"),
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "objective", "mesh"),
                    donate_argnames=("state",))
 def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array,
-                batch_size: int, label_smoothing: float = 0.0,
+                batch_size: int, objective: Objective = Objective(),
                 mesh: Optional[jax.sharding.Mesh] = None):
   """One pass over (images, labels) in a fresh random order: `lax.scan` over `train_step`.
 
@@ -165,7 +205,7 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: ja
   def step(state, inputs):
     i, idx, m = inputs
     batch = parallel.shard_batch({"image": images[idx], "label": labels[idx], "mask": m}, mesh)
-    return train_step(state, batch, jax.random.fold_in(dropout_key, i), label_smoothing)
+    return train_step(state, batch, jax.random.fold_in(dropout_key, i), objective)
 
   state, per_step = jax.lax.scan(step, state, (jnp.arange(indices.shape[0]), indices, mask))
   sums = jax.tree.map(jnp.sum, per_step)

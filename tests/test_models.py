@@ -79,3 +79,26 @@ def test_summary_lists_layers_in_network_order():
   names = [line.split(":")[0] for line in
            models.summary(state.params, state.batch_stats, config.model).splitlines()[2:-1]]
   assert names == ["input_batchnorm", "dense_0", "dense_1", "dense_2", "dense_3", "logits"]
+
+
+def test_the_ladder_model_trains_through_the_trainer(tiny_config):
+  """config.model.name="ladder": the trainer builds ladder.LadderMLP, adds its sown denoising cost,
+  checkpoints its running averages, and the summary lists the decoder top-down."""
+  from conftest import device_data  # pylint: disable=import-outside-toplevel
+  tiny_config.model.name, tiny_config.model.hidden_sizes = "ladder", (32, 16)
+  tiny_config.model.denoising_weights = (1.0, 1.0, 0.1, 0.1)
+  tiny_config.model.batchnorm_epsilon = 1e-10
+  config_lib.validate(tiny_config)
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  before = train.summarize(train.evaluate(state, dd.images, dd.labels))["loss"]
+  for epoch in range(3):
+    state, _, first_bad = train.train_epoch(state, dd.images, dd.labels, jax.random.key(epoch), 64)
+    assert int(first_bad) == -1
+  assert train.summarize(train.evaluate(state, dd.images, dd.labels))["loss"] < before
+  assert not np.allclose(state.batch_stats["batchnorm_0"]["mean"], 0.0)
+  text = models.summary(state.params, state.batch_stats, tiny_config.model)
+  assert text.index("logits_batchnorm") < text.index("decoder_2") < text.index("decoder_0")
+  tiny_config.model.denoising_weights = (1.0,)  # one weight for 4 layers
+  with pytest.raises(config_lib.ConfigError, match="needs 4 values"):
+    config_lib.validate(tiny_config)

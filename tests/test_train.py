@@ -154,6 +154,20 @@ def test_costs_the_model_sows_are_added_to_the_loss(tiny_config):
   assert not leaves_equal(a.params, b.params)  # the penalty changed the step
 
 
+def test_adversarial_objectives_join_the_loss(tiny_config):
+  """VAT and adversarial training change the step (finitely); the metrics stay cross-entropy."""
+  batch = _batch(device_data(tiny_config), 0, 64)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  assert train.Objective.from_config(tiny_config.train) == train.Objective()
+  plain, plain_metrics = train.train_step(state, batch, jax.random.key(1))
+  for objective in (train.Objective(vat_epsilon=2.0, vat_xi=1e-2),
+                    train.Objective(adversarial_epsilon=0.1)):
+    new, metrics = train.train_step(state, batch, jax.random.key(1), objective)
+    assert float(metrics["loss"]) == float(plain_metrics["loss"]), objective
+    assert not leaves_equal(new.params, plain.params), objective
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new.params))
+
+
 def test_quickstart_notebook_runs_to_the_end(tmp_path, monkeypatch):
   import nbformat  # pylint: disable=import-outside-toplevel
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel

@@ -123,7 +123,7 @@ def _time_epochs(config, epochs: int) -> dict:
     started = time.perf_counter()
     state, sums, first_bad = fns.train_epoch(state, setup.train.images, setup.train.labels,
                                              fns.keys_of_epoch(epoch), config.train.batch_size,
-                                             config.train.label_smoothing, setup.mesh)
+                                             train.Objective.from_config(config.train), setup.mesh)
     jax.block_until_ready((state, sums, first_bad))
     seconds.append(time.perf_counter() - started)
   metrics = train.summarize(sums)
