@@ -149,13 +149,14 @@ def main(argv):
           "checkpoint.", file=sys.stderr)
     sys.exit(130)
   log.info("Results in %s", workdir)
-  # Every file of the run is written and closed by now. Skipping the interpreter's teardown
-  # (finalising thousands of jax, flax, orbax and matplotlib objects, the XLA client's threads)
-  # returns the shell prompt most of a second sooner.
-  logging.shutdown()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(0)  # pylint: disable=protected-access
+  if not _DISTRIBUTED.value:  # a multi-host job's processes leave through jax's shutdown barrier
+    # Every file of the run is written and closed by now. Skipping the interpreter's teardown
+    # (finalising thousands of jax, flax, orbax and matplotlib objects, the XLA client's threads)
+    # returns the shell prompt most of a second sooner.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access
 
 
 def _train_and_report(config, workdir: pathlib.Path) -> None:
