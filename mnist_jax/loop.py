@@ -156,7 +156,10 @@ def _check_fits_in_memory(config, input_dim: int) -> None:
       {"params": jax.random.key(0)}, jnp.zeros((1, input_dim)), train=False))
   need = 5 * 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
   need *= len(replicas.replica_settings(config))
-  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+  try:  # this process's first device; CPUs report nothing, and then the host's memory counts
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  # a backend without memory statistics
+    stats = {}
   have = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   if need > have / 2:
     raise ConfigError(

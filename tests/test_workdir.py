@@ -76,11 +76,11 @@ def test_a_directory_without_a_run_is_named(tmp_path):
 def test_a_second_process_is_refused_while_the_first_holds_the_workdir(tmp_path):
   """Two copies of one command (a scheduler's restart, a second terminal): the second refuses at
   once, naming the holder; the first trains on, and every epoch is recorded once."""
-  import subprocess, sys, time  # pylint: disable=import-outside-toplevel,multiple-imports
+  import signal, subprocess, sys, time  # pylint: disable=import-outside-toplevel,multiple-imports
   from conftest import REPO, assert_clear_error  # pylint: disable=import-outside-toplevel
   command = [sys.executable, "-m", "mnist_jax.main", "--config=adam_mlp",
-             "--config.data.source=idx", "--config.data.train_subset=6000",
-             "--config.train.epochs=4", "--noreport", f"--workdir={tmp_path}"]
+             "--config.data.source=idx", "--config.train.epochs=100", "--noreport",
+             f"--workdir={tmp_path}"]  # far longer than the test: stopped below
   first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
   deadline = time.monotonic() + 120
@@ -90,9 +90,11 @@ def test_a_second_process_is_refused_while_the_first_holds_the_workdir(tmp_path)
   second = run_cli(*command[3:], check=False)
   assert_clear_error(second, 1, f"{tmp_path.resolve()} is in use by PID {first.pid} on host",
                      "started", "use another --workdir")
-  assert first.wait(timeout=300) == 0, first.communicate()
-  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+  assert first.poll() is None  # the first trains on, untouched
+  first.send_signal(signal.SIGTERM)  # it saves and stops after the current epoch
+  assert first.wait(timeout=300) == 130, first.communicate()
+  epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert epochs == list(range(1, len(epochs) + 1))  # each epoch once
 
 
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
