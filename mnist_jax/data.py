@@ -253,9 +253,19 @@ def prepare_tfds(name: str, tfds_dir: pathlib.Path, manual_dir: Optional[pathlib
   return target
 
 
+def _opencv_advice(record: logging.LogRecord) -> bool:
+  return "OpenCV is not installed" not in record.getMessage()
+
+
 def _decode(data_source) -> Split:
-  """All examples of a tfds data source as arrays. tfds decodes each example (a PNG) in Python."""
-  examples = data_source.__getitems__(list(range(len(data_source))))  # one batched read
+  """All examples of a tfds data source as arrays. tfds decodes each example (a PNG) in Python,
+  with PIL (its advice to install OpenCV for speed is dropped: the decode happens once)."""
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(_opencv_advice)
+  try:
+    examples = data_source.__getitems__(list(range(len(data_source))))  # one batched read
+  finally:
+    absl_logger.removeFilter(_opencv_advice)
   images = np.stack([e["image"] for e in examples])
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
