@@ -208,14 +208,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def _registry(module: str, name: str):
-  return getattr(importlib.import_module(f"mnist_jax.{module}"), name)
-
-
 def _choices() -> dict:
-  """(group, field) -> the registry its value must be a key of."""
+  """A field's path -> the registry its value must be a key of."""
   # Imported here: they import jax, and data.py imports this module.
-  from mnist_jax import data, loop, models, optim, train  # pylint: disable=import-outside-toplevel
+  from mnist_jax import data, ladder, loop, models, optim, train  # pylint: disable=import-outside-toplevel
   return {
       ("data", "source"): data.SOURCES,
       ("data", "preprocess"): data.PREPROCESSORS,
@@ -223,6 +219,7 @@ def _choices() -> dict:
       ("model", "name"): models.MODELS,
       ("model", "activation"): models.ACTIVATIONS,
       ("model", "kernel_init"): models.KERNEL_INITS,
+      ("model", "combinator"): ladder.COMBINATORS,
       ("optimizer", "name"): optim.OPTIMIZERS,
       ("optimizer", "schedule"): optim.SCHEDULES,
       ("train", "monitor"): loop.MONITORS,
@@ -302,9 +299,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"(all 0: the supervised half alone).")
     require(len(noise) in (1, layers) and all(n >= 0 for n in noise),
             f"config.model.noise_std={model.noise_std} needs one value >= 0, or {layers}.")
-    require(model.combinator in _registry("ladder", "COMBINATORS"),
-            f"config.model.combinator={model.combinator!r} is not one of "
-            f"{', '.join(_registry('ladder', 'COMBINATORS'))}.")
     require(not (model.dropout or model.input_dropout or model.input_batchnorm
                  or model.hidden_batchnorm or model.gaussian_noise),
             "The ladder model has its own BatchNorm and noise (config.model.noise_std): "

@@ -266,11 +266,14 @@ def _decode(data_source) -> Split:
     examples = data_source.__getitems__(list(range(len(data_source))))  # one batched read
   finally:
     absl_logger.removeFilter(_opencv_advice)
-  images = np.stack([e["image"] for e in examples])
+  return _as_split(np.stack([e["image"] for e in examples]), [e["label"] for e in examples])
+
+
+def _as_split(images, labels) -> Split:
+  """tfds's (N, H, W, 1) images and labels as a Split of (N, H, W) uint8 and int32."""
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
-  labels = np.array([e["label"] for e in examples], np.int32)
-  return Split(np.ascontiguousarray(images, np.uint8), labels)
+  return Split(np.ascontiguousarray(images, np.uint8), np.asarray(labels, np.int32))
 
 
 def _read_with_tensorflow(tfds, builder, splits) -> dict[str, Split]:
@@ -278,14 +281,9 @@ def _read_with_tensorflow(tfds, builder, splits) -> dict[str, Split]:
   file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
   _import_tensorflow(f"Reading {builder.data_dir}, prepared in the {file_format} "
                      f"format (delete it to have it prepared again as {TFDS_FILE_FORMAT}),")
-  arrays = {}
-  for split in splits:
-    example = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images = example["image"]
-    if images.ndim == 4 and images.shape[-1] == 1:
-      images = images[..., 0]
-    arrays[split] = Split(np.ascontiguousarray(images, np.uint8), example["label"].astype(np.int32))
-  return arrays
+  arrays = {split: tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+            for split in splits}
+  return {split: _as_split(a["image"], a["label"]) for split, a in arrays.items()}
 
 
 def _load_tfds(name: str, tfds_dir: pathlib.Path, manual_dir: Optional[pathlib.Path],
@@ -487,7 +485,7 @@ def main(argv=None) -> int:
     return 2
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   tfds_dir = pathlib.Path(args.tfds_dir)
-  manual_dir = pathlib.Path(args.manual_dir or REPO_ROOT / "data" / args.name.split("/")[0].split(":")[0])
+  manual_dir = pathlib.Path(args.manual_dir or _dataset_dir(REPO_ROOT / "data", args.name))
   try:
     prepare_tfds(args.name, tfds_dir, manual_dir if manual_dir.exists() else None)
   except DataError as e:

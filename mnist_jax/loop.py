@@ -115,9 +115,11 @@ class Setup:
   state: object  # functions.state, placed on the mesh
 
   @classmethod
-  def create(cls, config, splits: Optional[data.Splits] = None) -> "Setup":
-    """Load (or take) the splits, place them on the mesh, build the run's state and functions."""
-    splits = splits or _load_splits(config)
+  def create(cls, config) -> "Setup":
+    """Load the splits, place them on the mesh, build the run's state and functions."""
+    splits = _load_splits(config)
+    input_dim = math.prod(splits.train.images.shape[1:])
+    _check_fits_in_memory(config, input_dim)
     mesh = parallel.make_mesh(config.mesh.num_devices)
     if mesh.size > 1:
       log.info("Data parallel over %d devices: each batch of %d is split %s.", mesh.size,
@@ -127,8 +129,7 @@ class Setup:
                          parallel.DeviceData.put(split, config.data.preprocess, mesh))
     train, val, test = put(splits.train), put(splits.val), put(splits.test)
     steps_per_epoch = math.ceil(len(train) / config.train.batch_size)
-    _check_fits_in_memory(config, train.images.shape[1])
-    functions = replicas.init_run(config, train.images.shape[1], steps_per_epoch)
+    functions = replicas.init_run(config, input_dim, steps_per_epoch)
     return cls(splits, mesh, train, val, test, steps_per_epoch, functions,
                parallel.put_replicated(functions.state, mesh))
 
@@ -154,8 +155,8 @@ def _check_fits_in_memory(config, input_dim: int) -> None:
   of the first device's memory (the host's on CPU)."""
   shapes = jax.eval_shape(lambda: models.build(config.model).init(
       {"params": jax.random.key(0)}, jnp.zeros((1, input_dim)), train=False))
-  need = 5 * 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-  need *= len(replicas.replica_settings(config))
+  num_replicas = len(replicas.replica_settings(config))
+  need = 5 * 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) * num_replicas
   try:  # this process's first device; CPUs report nothing, and then the host's memory counts
     stats = jax.local_devices()[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except  # a backend without memory statistics
@@ -164,8 +165,7 @@ def _check_fits_in_memory(config, input_dim: int) -> None:
   if need > have / 2:
     raise ConfigError(
         f"This config's training state needs about {need / 2**30:.1f} GiB ({config.model.name} "
-        f"{tuple(config.model.hidden_sizes)}, {len(replicas.replica_settings(config))} "
-        f"replica(s)), more than half of the {have / 2**30:.1f} GiB the device has. Use smaller "
+        f"{tuple(config.model.hidden_sizes)}, {num_replicas} replica(s)), more than half of the {have / 2**30:.1f} GiB the device has. Use smaller "
         f"config.model.hidden_sizes or fewer replicas (config.num_seeds, config.sweep).")
 
 

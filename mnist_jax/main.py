@@ -45,18 +45,19 @@ def _fail(message: str, code: int = 2):
 def _config_name_to_path(argv: list[str]) -> list[str]:
   """Let `--config=NAME` mean experiments/NAME.py; unknown names list the available ones, and a
   file that fails to load is reported here, before absl would print its traceback."""
+  def checked_path(name_or_path: str) -> pathlib.Path:
+    path = config_lib.resolve(name_or_path)
+    config_lib.load_file(path)
+    return path
+
   out = []
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      path = config_lib.resolve(arg.split("=", 1)[1])
-      config_lib.load_file(path)
-      out.append(f"--config={path}")
+      out.append(f"--config={checked_path(arg.split('=', 1)[1])}")
     elif arg == "--config" and i + 1 < len(argv):
       out.append("--config")  # the value follows; resolved below
     elif i > 0 and argv[i - 1] == "--config":
-      path = config_lib.resolve(arg)
-      config_lib.load_file(path)
-      out.append(str(path))
+      out.append(str(checked_path(arg)))
     else:
       out.append(arg)
   return out

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mnist_jax import checkpoints, data, figures, metrics, models, train
+from mnist_jax import checkpoints, data, figures, loop, metrics, models, train
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 
@@ -49,7 +49,6 @@ NUM_FIRST_TEST = 10
 
 def probabilities(run: workdir_lib.Run, images: np.ndarray) -> np.ndarray:
   """Softmax probabilities (N, classes) for uint8 images (N, H, W), preprocessed as in training."""
-  from mnist_jax import loop  # pylint: disable=import-outside-toplevel
   x = data.preprocess(images, run.config.data.preprocess)
   with loop.matmul_precision(run.config):
     return np.asarray(train.predict_probabilities(run.state, x, run.config.train.eval_batch_size))
