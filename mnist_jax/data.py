@@ -18,7 +18,7 @@ tfds decodes its examples one at a time in Python (a PNG each, for MNIST), so th
 are cached as `.npz` beside the tfds data (in `<tfds_dir>/mnist_jax_cache`, not shipped) and later
 runs read that; the cache is rebuilt when the files it was decoded from change.
 
-Longer than the other modules (about 490 lines) on purpose: both sources with their checksums and
+Longer than the other modules (about 500 lines) on purpose: both sources with their checksums and
 one-paragraph errors, and the command that regenerates data/tfds, so every fact of the data's
 formats lives in this one file.
 """
