@@ -65,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.input_dropout = 0.0
   config.model.input_batchnorm = False  # BatchNorm on the flattened input (T4)
   config.model.hidden_batchnorm = False  # BatchNorm after each hidden Dense, before activation
+  config.model.logits_batchnorm = False  # BatchNorm on the logits too (Miyato et al.'s VAT net)
   config.model.gaussian_noise = 0.0  # std of N(0, s^2) added to input and hidden pre-activations
   config.model.batchnorm_momentum = 0.99
   config.model.batchnorm_epsilon = 1e-3

@@ -1,8 +1,8 @@
 """The multilayer perceptron, as a Flax linen module built from `config.model`, and its layer names.
 
 `ACTIVATIONS` and `KERNEL_INITS` are the registries config validation reads. The layer names
-(`dense_<i>`, `batchnorm_<i>`, `input_batchnorm`, `logits`) are set here and read only here:
-`is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret them.
+(`dense_<i>`, `batchnorm_<i>`, `input_batchnorm`, `logits`, `logits_batchnorm`) are set here and
+read only here: `is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret them.
 """
 
 from typing import Optional, Sequence
@@ -25,8 +25,8 @@ ACTIVATIONS = {
 }
 
 # Layer names: the parameter tree's top-level keys.
-INPUT_BATCHNORM, HIDDEN_DENSE, HIDDEN_BATCHNORM, LOGITS = (
-    "input_batchnorm", "dense", "batchnorm", "logits")
+INPUT_BATCHNORM, HIDDEN_DENSE, HIDDEN_BATCHNORM, LOGITS, LOGITS_BATCHNORM = (
+    "input_batchnorm", "dense", "batchnorm", "logits", "logits_batchnorm")
 
 KERNEL_INITS = {
     "glorot_uniform": nn.initializers.glorot_uniform(),  # Keras Dense default
@@ -40,7 +40,7 @@ KERNEL_INITS = {
 
 class MLP(nn.Module):
   """Flatten -> [BatchNorm] -> [Dropout] -> [+noise] -> (Dense -> [BatchNorm] -> [+noise] ->
-  activation -> [Dropout])* -> Dense logits.
+  activation -> [Dropout])* -> Dense logits -> [BatchNorm].
 
   Returns logits: the softmax of the Keras models lives in the loss, which is the same function
   computed stably. `gaussian_noise` (training only) adds N(0, sigma^2) to the input and to every
@@ -53,6 +53,9 @@ class MLP(nn.Module):
   input_dropout: float = 0.0
   input_batchnorm: bool = False
   hidden_batchnorm: bool = False
+  # BatchNorm on the logits too (with its scale, as every BatchNorm here): Miyato et al.'s VAT
+  # network standardises every layer, the output included.
+  logits_batchnorm: bool = False
   gaussian_noise: float = 0.0
   batchnorm_momentum: float = 0.99
   batchnorm_epsilon: float = 1e-3
@@ -89,8 +92,9 @@ class MLP(nn.Module):
       x = ACTIVATIONS[self.activation](self._noise(x, train))
       if rate:
         x = nn.Dropout(rate, deterministic=not train, name=f"dropout_{i}")(x)
-    return nn.Dense(self.num_classes, kernel_init=init, dot_general=dense_dot_general,
-                    name=LOGITS)(x)
+    logits = nn.Dense(self.num_classes, kernel_init=init, dot_general=dense_dot_general,
+                      name=LOGITS)(x)
+    return batchnorm(LOGITS_BATCHNORM)(logits, mask=real) if self.logits_batchnorm else logits
 
   def _noise(self, x, train: bool):
     if not (train and self.gaussian_noise):
@@ -124,7 +128,7 @@ def _layer_position(name: str) -> tuple:
   """Order of the layers in the network (parameter dicts come sorted by name)."""
   if name == INPUT_BATCHNORM:
     return (-1, 0)
-  if name.startswith(LOGITS):  # logits, logits_batchnorm
+  if name in (LOGITS, LOGITS_BATCHNORM):
     return (_TOP, len(name))
   kind, _, index = name.rpartition("_")
   if kind in (HIDDEN_DENSE, HIDDEN_BATCHNORM):

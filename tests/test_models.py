@@ -73,6 +73,27 @@ def test_hidden_batchnorm_and_gaussian_noise():
   assert not np.allclose(stats["batch_stats"]["batchnorm_1"]["mean"], 0.0)  # updated
 
 
+def test_logits_batchnorm_standardises_the_logits_in_training():
+  """With logits_batchnorm, a training pass's logits have each class's batch mean at its bias
+  (0 at init) and variance 1; without it they are the Dense layer's, unnormalised."""
+  config = config_lib.load("adam_mlp")
+  config.model.hidden_sizes = (16,)
+  config.model.logits_batchnorm = True
+  config.model.batchnorm_epsilon = 1e-10  # so the variance is 1 to float precision
+  state = train.create_train_state(jax.random.key(0), config, input_dim=20)
+  assert set(state.params["logits_batchnorm"]) == {"scale", "bias"}
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  x = jax.random.uniform(jax.random.key(1), (64, 20))
+  logits, _ = state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.mean(logits, axis=0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(np.var(logits, axis=0), 1.0, rtol=1e-4)
+  config.model.logits_batchnorm = False
+  plain = train.create_train_state(jax.random.key(0), config, input_dim=20)
+  assert "logits_batchnorm" not in plain.params
+  assert not np.allclose(np.var(plain.apply_fn({"params": plain.params}, x), axis=0), 1.0,
+                         rtol=1e-1)
+
+
 def test_summary_lists_layers_in_network_order():
   config = config_lib.load("sgd_bn_mlp")
   state = train.create_train_state(jax.random.key(0), config)
