@@ -15,7 +15,7 @@ running averages (momentum 0.99; over the last epochs the learning rate is below
 the final weights' statistics).
 
 Note: in float32, xi = 1e-6 moves each pixel by about 4e-8, below float32's resolution near 0.5, so
-the power iteration's direction is partly rounding (mnist_jax/adversarial.py); the authors ran it
+the power iteration's direction is close to random (mnist_jax/adversarial.py); the authors ran it
 so, and it is kept here; --config.train.vat_xi=1e-2 is the variant that follows the true direction.
 
     python -m mnist_jax.main --config=vat
