@@ -46,6 +46,13 @@ def test_scaling_benchmark_times_seeds_and_devices_of_a_scheduled_config(tmp_pat
   rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
   assert [(r["seeds"], r["devices"]) for r in rows] == [(1, 1), (2, 1), (1, 1), (1, 2)]
   assert all(r["median"] > 0 for r in rows)
+  # One device: no sharded rows; --train_subset overrides the config's subset.
+  result = _run("scaling", f"--config={config}", "--seeds=2", "--devices=1", "--epochs=2",
+                "--train_subset=512", f"--out={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "scaling.json").read_text())
+  assert [(r["seeds"], r["devices"]) for r in report["rows"]] == [(1, 1), (2, 1)]
+  assert report["args"]["train_subset"] == 512 and "--train_subset=512" in result.stdout
 
 
 def test_device_check_quick_on_this_machine(tmp_path):

@@ -2,6 +2,7 @@
 
     python -m experiments.benchmarks.scaling                # adam_mlp, 8 seeds, 4 forced CPU devices
     python -m experiments.benchmarks.scaling --config=rmsprop_mlp --seeds=4 --devices=2 --epochs=5
+    python -m experiments.benchmarks.scaling --config=ladder --seeds=3 --devices=1 --train_subset=6000
 
 Rows (each timed with the trainer's own compiled epochs, `workers.time_epochs`, on the full
 training set):
@@ -10,7 +11,9 @@ training set):
     runs would cost N times the 1-seed figure.
   * sharded: s/epoch with each batch split over D devices (on a CPU host: D devices forced with
     XLA_FLAGS=--xla_force_host_platform_device_count=D, sharing the same cores) vs a mesh of 1 in
-    the same process.
+    the same process; not measured with --devices=1.
+With --train_subset=N the epochs are of the first N training images (a long model's cost per
+epoch in minutes: scale by the training set's size over N).
 Epoch times are medians over the epochs after the first (which compiles); the first is reported too.
 Writes scaling.json and scaling.md to --out.
 """
@@ -34,6 +37,8 @@ def worker(args) -> None:
   for seeds, devices in json.loads(args.measure):
     config = config_lib.load(args.config)
     config.num_seeds, config.mesh.num_devices = seeds, devices
+    if args.train_subset:
+      config.data.train_subset = args.train_subset
     timed = time_epochs(config, args.epochs)
     seconds = timed["epoch_seconds"]
     emit({"seeds": seeds, "devices": timed["devices"], "first_epoch": seconds[0],
@@ -48,6 +53,7 @@ def run(args, measure, device_count: int = 0) -> list[dict]:
                         f" --xla_force_host_platform_device_count={device_count}").strip()
   records, error = run_worker(PROGRAM, "scaling", [f"--config={args.config}",
                                                    f"--epochs={args.epochs}",
+                                                   f"--train_subset={args.train_subset}",
                                                    f"--measure={json.dumps(measure)}"],
                               timeout=3600, env=env)
   if error:
@@ -59,8 +65,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", default="adam_mlp")
   parser.add_argument("--seeds", type=int, default=8)
-  parser.add_argument("--devices", type=int, default=4)
+  parser.add_argument("--devices", type=int, default=4, help="1: no sharded rows")
   parser.add_argument("--epochs", type=int, default=4, help="timed epochs per row (the first compiles)")
+  parser.add_argument("--train_subset", type=int, default=0,
+                      help="time epochs of the first N training images (0: the config's)")
   parser.add_argument("--out", default="runs/scaling")
   parser.add_argument("--worker", choices=["scaling"], help=argparse.SUPPRESS)
   parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -71,20 +79,23 @@ def main() -> None:
   one, many = run(args, [[1, 1], [args.seeds, 1]])
   rows = [("1 seed, 1 device", one, 1.0),
           (f"{args.seeds} seeds vmapped, 1 device", many, many["median"] / one["median"])]
-  sharded_one, sharded = run(args, [[1, 1], [1, args.devices]], device_count=args.devices)
-  rows += [(f"1 seed, mesh of 1 (of {args.devices} forced devices)", sharded_one, 1.0),
-           (f"1 seed, batch sharded over {args.devices} devices", sharded,
-            sharded["median"] / sharded_one["median"])]
+  if args.devices > 1:
+    sharded_one, sharded = run(args, [[1, 1], [1, args.devices]], device_count=args.devices)
+    rows += [(f"1 seed, mesh of 1 (of {args.devices} forced devices)", sharded_one, 1.0),
+             (f"1 seed, batch sharded over {args.devices} devices", sharded,
+              sharded["median"] / sharded_one["median"])]
   lines = [f"`python -m {PROGRAM} --config={args.config} --seeds={args.seeds} "
-           f"--devices={args.devices} --epochs={args.epochs}` on {one['platform'].upper()}, "
+           f"--devices={args.devices} --epochs={args.epochs} --train_subset={args.train_subset}` on "
+           f"{one['platform'].upper()}, "
            f"{os.cpu_count()} cores", "",
            "| run | first epoch s | steady s/epoch (median) | min | ratio |",
            "| --- | --- | --- | --- | --- |"]
   lines += [f"| {name} | {r['first_epoch']:.2f} | {r['median']:.3f} | {r['min']:.3f} | {ratio:.2f}x |"
             for name, r, ratio in rows]
   lines += ["", f"{args.seeds} sequential runs would take {args.seeds} x "
-            f"{one['median']:.3f} = {args.seeds * one['median']:.2f} s/epoch: the vmapped program "
-            f"is {args.seeds * one['median'] / many['median']:.1f}x faster."]
+            f"{one['median']:.3f} = {args.seeds * one['median']:.2f} s/epoch; the vmapped program "
+            f"takes {many['median']:.2f}, {many['median'] / (args.seeds * one['median']):.2f}x "
+            f"that."]
   table = "\n".join(lines)
   print(table)
   out = pathlib.Path(args.out)
