@@ -2,7 +2,8 @@
 
 `ACTIVATIONS` and `KERNEL_INITS` are the registries config validation reads. The layer names
 (`dense_<i>`, `batchnorm_<i>`, `input_batchnorm`, `logits`, `logits_batchnorm`) are set here and
-read only here: `is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret them.
+read only here: `is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret
+them.
 """
 
 from typing import Optional, Sequence

@@ -2,7 +2,8 @@
 
     python -m experiments.benchmarks.scaling                # adam_mlp, 8 seeds, 4 forced CPU devices
     python -m experiments.benchmarks.scaling --config=rmsprop_mlp --seeds=4 --devices=2 --epochs=5
-    python -m experiments.benchmarks.scaling --config=ladder --seeds=3 --devices=1 --train_subset=6000
+    python -m experiments.benchmarks.scaling --config=ladder --seeds=3 --devices=1 \
+        --train_subset=6000                                 # one device, a tenth of the data
 
 Rows (each timed with the trainer's own compiled epochs, `workers.time_epochs`, on the full
 training set):
@@ -85,8 +86,8 @@ def main() -> None:
              (f"1 seed, batch sharded over {args.devices} devices", sharded,
               sharded["median"] / sharded_one["median"])]
   lines = [f"`python -m {PROGRAM} --config={args.config} --seeds={args.seeds} "
-           f"--devices={args.devices} --epochs={args.epochs} --train_subset={args.train_subset}` on "
-           f"{one['platform'].upper()}, "
+           f"--devices={args.devices} --epochs={args.epochs} "
+           f"--train_subset={args.train_subset}` on {one['platform'].upper()}, "
            f"{os.cpu_count()} cores", "",
            "| run | first epoch s | steady s/epoch (median) | min | ratio |",
            "| --- | --- | --- | --- | --- |"]
