@@ -185,7 +185,8 @@ class LadderMLP(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False, mask: Optional[jax.Array] = None):
     # Imported here: models.py imports this module to register LadderMLP.
-    from mnist_jax.models import ACTIVATIONS  # pylint: disable=import-outside-toplevel
+    from mnist_jax.models import (  # pylint: disable=import-outside-toplevel
+        ACTIVATIONS, HIDDEN_BATCHNORM, HIDDEN_DENSE, LOGITS, LOGITS_BATCHNORM)
     if self.combinator not in COMBINATORS:
       raise ValueError(f"Unknown combinator {self.combinator!r}: use one of {COMBINATORS}.")
     num_layers = self.num_layers
@@ -198,12 +199,12 @@ class LadderMLP(nn.Module):
 
     # Every encoder module is created once and applied by both passes, which share its weights.
     dense = [nn.Dense(w, use_bias=False, kernel_init=KERNEL_INIT, dot_general=dense_dot_general,
-                      name=f"dense_{i}" if i < num_layers - 1 else "logits")
+                      name=f"{HIDDEN_DENSE}_{i}" if i < num_layers - 1 else LOGITS)
              for i, w in enumerate(widths)]
     norms = [LadderBatchNorm(
         w, use_scale=(i == num_layers - 1 or self.activation not in SCALE_FREE_ACTIVATIONS),
         momentum=self.batchnorm_momentum, epsilon=self.batchnorm_epsilon,
-        name=f"batchnorm_{i}" if i < num_layers - 1 else "logits_batchnorm")
+        name=f"{HIDDEN_BATCHNORM}_{i}" if i < num_layers - 1 else LOGITS_BATCHNORM)
              for i, w in enumerate(widths)]
 
     def encode(noisy: bool):

@@ -165,7 +165,8 @@ def _check_fits_in_memory(config, input_dim: int) -> None:
   if need > have / 2:
     raise ConfigError(
         f"This config's training state needs about {need / 2**30:.1f} GiB ({config.model.name} "
-        f"{tuple(config.model.hidden_sizes)}, {num_replicas} replica(s)), more than half of the {have / 2**30:.1f} GiB the device has. Use smaller "
+        f"{tuple(config.model.hidden_sizes)}, {num_replicas} replica(s)), more than half of the "
+        f"{have / 2**30:.1f} GiB the device has. Use smaller "
         f"config.model.hidden_sizes or fewer replicas (config.num_seeds, config.sweep).")
 
 
