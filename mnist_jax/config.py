@@ -61,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.name = "mlp"  # models.MODELS
   config.model.hidden_sizes = (100,)
   config.model.activation = "relu"  # models.ACTIVATIONS
+  # activation="maxout" (Goodfellow et al. 2013): each hidden unit is the max of this many outputs
+  # of its Dense layer (which has maxout_pieces x width of them).
+  config.model.maxout_pieces = 5
   config.model.dropout = ()  # a rate after each hidden layer, e.g. (0.5, 0.5); () = none
   config.model.input_dropout = 0.0
   config.model.input_batchnorm = False  # BatchNorm on the flattened input (T4)
@@ -86,6 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.eps = 1e-7  # Keras's epsilon (optax defaults to 1e-8)
   config.optimizer.rho = 0.9  # rmsprop decay
   config.optimizer.momentum = 0.0  # sgd, rmsprop
+  # sgd: >0 ramps the momentum linearly from `momentum` to `momentum_final` over this many epochs,
+  # then keeps it (pylearn2's MomentumAdjustor, Goodfellow et al.'s maxout runs). 0 = constant.
+  config.optimizer.momentum_ramp_epochs = 0.0
+  config.optimizer.momentum_final = 0.0
   config.optimizer.nesterov = False  # sgd
   config.optimizer.weight_decay = 0.0  # adamw (decoupled)
   config.optimizer.schedule = "constant"  # optim.SCHEDULES
@@ -96,6 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   # >0: after each step, rescale every hidden unit's incoming weight vector (kernel column) to at
   # most this L2 norm (max-norm, Srivastava et al. 2014: typically 2-4 with dropout).
   config.optimizer.max_norm = 0.0
+  config.optimizer.max_norm_logits = False  # max-norm on the logits' kernel columns too
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = 0  # devices on the "data" axis (batch sharded); 0 = all visible
@@ -113,6 +121,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.vat_weight = 1.0
   # Adversarial training (Goodfellow et al. 2015, fast gradient sign): the loss becomes
   # alpha J(x) + (1 - alpha) J(x + adversarial_epsilon sign(grad_x J(x))).
+  # Also reported: accuracy on the validation and test images' attacks (val_adversarial_accuracy,
+  # a monitor for early stopping, as Goodfellow et al. select; test_adversarial_accuracy).
   config.train.adversarial_epsilon = 0.0  # 0 = off
   config.train.adversarial_alpha = 0.5
   config.train.checkpoint_every = 1  # epochs between checkpoints
@@ -289,6 +299,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "config.sweep.learning_rate needs config.optimizer.schedule='constant' (a schedule "
           "recomputes the learning rate every step).")
   require(opt.max_norm >= 0, f"config.optimizer.max_norm={opt.max_norm} must be >= 0 (0 = off).")
+  require(opt.momentum_ramp_epochs >= 0 and (not opt.momentum_ramp_epochs or (
+      opt.name == "sgd" and 0 <= opt.momentum_final < 1)),
+          f"config.optimizer.momentum_ramp_epochs={opt.momentum_ramp_epochs} must be >= 0 (0 = "
+          f"off) and, when on, needs optimizer.name='sgd' (not {opt.name!r}) and "
+          f"momentum_final={opt.momentum_final} in [0, 1).")
+  require(model.maxout_pieces >= 1,
+          f"config.model.maxout_pieces={model.maxout_pieces} must be at least 1.")
   require(0 <= train.ema_decay < 1,
           f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0 = off; e.g. 0.999).")
   if model.name == "ladder":
@@ -300,6 +317,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"(all 0: the supervised half alone).")
     require(len(noise) in (1, layers) and all(n >= 0 for n in noise),
             f"config.model.noise_std={model.noise_std} needs one value >= 0, or {layers}.")
+    require(model.activation != "maxout",
+            "The ladder model's decoder needs elementwise activations: "
+            "config.model.activation='maxout' belongs to the mlp model.")
     require(not (model.dropout or model.input_dropout or model.input_batchnorm
                  or model.hidden_batchnorm or model.gaussian_noise),
             "The ladder model has its own BatchNorm and noise (config.model.noise_std): "
@@ -314,6 +334,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.train.vat_epsilon={train.vat_epsilon} (>= 0), vat_xi={train.vat_xi} (> 0), "
           f"vat_iterations={train.vat_iterations} (>= 1) and vat_weight={train.vat_weight} "
           f"(>= 0) are out of range.")
+  require(train.monitor != "val_adversarial_accuracy" or train.adversarial_epsilon > 0,
+          "config.train.monitor='val_adversarial_accuracy' measures the attack of adversarial "
+          "training: set config.train.adversarial_epsilon > 0 (e.g. 0.25), or monitor "
+          "val_accuracy.")
   require(train.adversarial_epsilon >= 0 and 0 <= train.adversarial_alpha <= 1,
           f"config.train.adversarial_epsilon={train.adversarial_epsilon} must be >= 0 and "
           f"adversarial_alpha={train.adversarial_alpha} in [0, 1].")

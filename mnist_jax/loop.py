@@ -76,7 +76,8 @@ def _train_and_test(config, workdir: pathlib.Path, setup: "Setup"):
     # Evaluated while the last checkpoint is written; the run is marked finished (summary.json)
     # only once it is complete.
     test_metrics = summarize(setup.functions.evaluate(
-        state, setup.test.images, setup.test.labels, config.train.eval_batch_size, setup.mesh))
+        state, setup.test.images, setup.test.labels, config.train.eval_batch_size, setup.mesh,
+        config.train.adversarial_epsilon))
   finally:
     for each in (checkpointer, best_checkpointer):
       if each is not None:
@@ -253,7 +254,8 @@ def _train_one_epoch(config, setup: Setup, state, epoch: int, checkpointer) -> t
   _add_metrics(record, "train_", metrics)
   if setup.val is not None:
     _add_metrics(record, "val_", summarize(fns.evaluate(
-        state, setup.val.images, setup.val.labels, config.train.eval_batch_size, setup.mesh)))
+        state, setup.val.images, setup.val.labels, config.train.eval_batch_size, setup.mesh,
+        config.train.adversarial_epsilon)))
   record["seconds"] = time.perf_counter() - started
   return state, record
 
@@ -272,6 +274,8 @@ def _progress_line(record: dict, epochs: int) -> str:
            f"loss: {record['train_loss']:.4f}", f"accuracy: {record['train_accuracy']:.4f}"]
   if "val_loss" in record:
     parts += [f"val_loss: {record['val_loss']:.4f}", f"val_accuracy: {record['val_accuracy']:.4f}"]
+  if "val_adversarial_accuracy" in record:
+    parts.append(f"val_adversarial_accuracy: {record['val_adversarial_accuracy']:.4f}")
   return " - ".join(parts)
 
 
@@ -363,7 +367,9 @@ class Best:
 
 
 # config.train.monitor -> +1 if larger is better, -1 if smaller is.
-MONITORS = {"val_accuracy": 1.0, "val_loss": -1.0}
+MONITORS = {"val_accuracy": 1.0, "val_loss": -1.0,
+            # with train.adversarial_epsilon: accuracy on the validation images' FGSM attacks
+            "val_adversarial_accuracy": 1.0}
 
 
 def best_epoch(history: list[dict], monitor: str) -> Optional[Best]:

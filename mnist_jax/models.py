@@ -2,8 +2,8 @@
 
 `ACTIVATIONS` and `KERNEL_INITS` are the registries config validation reads. The layer names
 (`dense_<i>`, `batchnorm_<i>`, `input_batchnorm`, `logits`, `logits_batchnorm`) are set here and
-read only here: `is_hidden_kernel` (for max-norm) and `summary` (the Keras-style table) interpret
-them.
+read only here: `is_hidden_kernel` and `is_logits_kernel` (for max-norm) and `summary` (the
+Keras-style table) interpret them.
 """
 
 from typing import Optional, Sequence
@@ -16,6 +16,14 @@ import numpy as np
 from mnist_jax import ladder
 from mnist_jax.cpu_tuning import dense_dot_general
 
+
+def maxout(x: jax.Array, pieces: int) -> jax.Array:
+  """Maxout units (Goodfellow et al. 2013): each unit is the max of `pieces` consecutive outputs
+  of its Dense layer, (..., units * pieces) -> (..., units), a learned convex piecewise-linear
+  activation."""
+  return x.reshape(*x.shape[:-1], -1, pieces).max(axis=-1)
+
+
 ACTIVATIONS = {
     "relu": nn.relu,
     "sigmoid": nn.sigmoid,
@@ -23,6 +31,7 @@ ACTIVATIONS = {
     "gelu": nn.gelu,
     "elu": nn.elu,
     "swish": nn.swish,
+    "maxout": maxout,  # not elementwise: the Dense layer has config.model.maxout_pieces per unit
 }
 
 # Layer names: the parameter tree's top-level keys.
@@ -36,6 +45,10 @@ KERNEL_INITS = {
     "he_normal": nn.initializers.he_normal(),
     "lecun_uniform": nn.initializers.lecun_uniform(),
     "lecun_normal": nn.initializers.lecun_normal(),  # Flax Dense default
+    # U(-0.005, 0.005), whatever the layer's size: pylearn2's `irange: .005` of Goodfellow et
+    # al.'s maxout networks.
+    "uniform_0.005": lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -0.005, 0.005),
 }
 
 
@@ -58,6 +71,7 @@ class MLP(nn.Module):
   # network standardises every layer, the output included.
   logits_batchnorm: bool = False
   gaussian_noise: float = 0.0
+  maxout_pieces: int = 5  # activation="maxout" only: the Dense outputs per hidden unit
   batchnorm_momentum: float = 0.99
   batchnorm_epsilon: float = 1e-3
   kernel_init: str = "glorot_uniform"
@@ -85,12 +99,14 @@ class MLP(nn.Module):
     x = self._noise(x, train)
     init = KERNEL_INITS[self.kernel_init]
     rates = tuple(self.dropout) or (0.0,) * len(self.hidden_sizes)
+    pieces = self.maxout_pieces if self.activation == "maxout" else 1
     for i, (width, rate) in enumerate(zip(self.hidden_sizes, rates)):
-      x = nn.Dense(width, kernel_init=init, dot_general=dense_dot_general,
+      x = nn.Dense(width * pieces, kernel_init=init, dot_general=dense_dot_general,
                    name=f"{HIDDEN_DENSE}_{i}")(x)
       if self.hidden_batchnorm:
         x = batchnorm(f"{HIDDEN_BATCHNORM}_{i}")(x, mask=real)
-      x = ACTIVATIONS[self.activation](self._noise(x, train))
+      x = self._noise(x, train)
+      x = maxout(x, pieces) if self.activation == "maxout" else ACTIVATIONS[self.activation](x)
       if rate:
         x = nn.Dropout(rate, deterministic=not train, name=f"dropout_{i}")(x)
     logits = nn.Dense(self.num_classes, kernel_init=init, dot_general=dense_dot_general,
@@ -120,6 +136,12 @@ def is_hidden_kernel(path) -> bool:
   """Whether a parameter path (from tree_map_with_path) is a hidden Dense layer's kernel."""
   names = [getattr(k, "key", None) for k in path]
   return names[-1] == "kernel" and str(names[0]).startswith(f"{HIDDEN_DENSE}_")
+
+
+def is_logits_kernel(path) -> bool:
+  """Whether a parameter path is the logits layer's kernel."""
+  names = [getattr(k, "key", None) for k in path]
+  return names[-1] == "kernel" and names[0] == LOGITS
 
 
 _TOP = 10**6  # the logits' position; a Ladder's decoder comes after it, top-down
@@ -153,7 +175,11 @@ def summary(params, batch_stats, model_config) -> str:
     # The activation follows a hidden layer's BatchNorm when it has one, else its Dense.
     if name == f"{HIDDEN_BATCHNORM}_{index}" or (
         name == f"{HIDDEN_DENSE}_{index}" and f"{HIDDEN_BATCHNORM}_{index}" not in params):
-      kind += f" ({model_config.activation})"
+      if model_config.activation == "maxout":
+        kind += (f" (maxout of {model_config.maxout_pieces}: "
+                 f"{width // model_config.maxout_pieces} units)")
+      else:
+        kind += f" ({model_config.activation})"
     elif name == LOGITS:
       kind += " (softmax in loss)"
     rows.append((f"{name}: {kind}", f"(None, {width})",

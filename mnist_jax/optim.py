@@ -16,28 +16,34 @@ from mnist_jax import models
 from mnist_jax.config import ConfigError
 
 
-def _adam(c, learning_rate):
+def _adam(c, learning_rate, momentum):
+  del momentum  # Adam's first moment is b1
   # Keras adds epsilon to sqrt(v) before bias correction; the difference at eps=1e-7 is < 1e-6.
   return optax.inject_hyperparams(optax.adam)(learning_rate, b1=c.b1, b2=c.b2, eps=c.eps)
 
 
-def _adamw(c, learning_rate):
+def _adamw(c, learning_rate, momentum):
+  del momentum
   return optax.inject_hyperparams(optax.adamw)(learning_rate, b1=c.b1, b2=c.b2, eps=c.eps,
                                                weight_decay=c.weight_decay)
 
 
-def _rmsprop(c, learning_rate):
+def _rmsprop(c, learning_rate, momentum):
   # Keras: v = rho v + (1-rho) g^2; w -= lr g / sqrt(v + eps), v starting at 0.
   return optax.inject_hyperparams(optax.rmsprop, static_args=("eps_in_sqrt", "momentum"))(
-      learning_rate, decay=c.rho, eps=c.eps, eps_in_sqrt=True, momentum=c.momentum or None)
+      learning_rate, decay=c.rho, eps=c.eps, eps_in_sqrt=True, momentum=momentum or None)
 
 
-def _sgd(c, learning_rate):
+def _sgd(c, learning_rate, momentum):
+  if callable(momentum):  # a schedule: injected too, so it is part of the state
+    return optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
+        learning_rate, momentum=momentum, nesterov=c.nesterov)
   return optax.inject_hyperparams(optax.sgd, static_args=("momentum", "nesterov"))(
-      learning_rate, momentum=c.momentum or None, nesterov=c.nesterov)
+      learning_rate, momentum=momentum or None, nesterov=c.nesterov)
 
 
-# config.optimizer.name -> factory(optimizer config, learning rate or schedule).
+# config.optimizer.name -> factory(optimizer config, learning rate or schedule, momentum or
+# schedule).
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop, "sgd": _sgd}
 
@@ -64,28 +70,42 @@ SCHEDULES: dict[str, Callable] = {
 }
 
 
+def momentum_schedule(c, steps_per_epoch: Optional[int]):
+  """The momentum, or with `momentum_ramp_epochs` a linear ramp from `momentum` to
+  `momentum_final` over those epochs, then constant: pylearn2's MomentumAdjustor, with which
+  Goodfellow et al.'s maxout networks were trained."""
+  if not c.momentum_ramp_epochs:
+    return c.momentum
+  return optax.linear_schedule(c.momentum, c.momentum_final,
+                               int(c.momentum_ramp_epochs * steps_per_epoch))
+
+
 def make_optimizer(opt_config, steps_per_epoch: Optional[int] = None,
                    epochs: Optional[int] = None) -> optax.GradientTransformation:
   """The optax optimizer of `config.optimizer`; schedules need the run's length in steps."""
-  if opt_config.schedule != "constant" and not (steps_per_epoch and epochs):
-    raise ConfigError(f"schedule {opt_config.schedule!r} needs steps_per_epoch and epochs.")
+  if (opt_config.schedule != "constant" or opt_config.momentum_ramp_epochs) and not (
+      steps_per_epoch and epochs):
+    raise ConfigError(f"schedule {opt_config.schedule!r} and momentum_ramp_epochs need "
+                      f"steps_per_epoch and epochs.")
   total = (steps_per_epoch or 0) * (epochs or 0)
   learning_rate = SCHEDULES[opt_config.schedule](opt_config, total, steps_per_epoch)
-  tx = OPTIMIZERS[opt_config.name](opt_config, learning_rate)
+  tx = OPTIMIZERS[opt_config.name](opt_config, learning_rate,
+                                   momentum_schedule(opt_config, steps_per_epoch))
   if opt_config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
   if opt_config.max_norm:
-    tx = optax.chain(tx, max_norm_projection(opt_config.max_norm))
+    tx = optax.chain(tx, max_norm_projection(opt_config.max_norm, opt_config.max_norm_logits))
   return tx
 
 
-def max_norm_projection(max_norm: float) -> optax.GradientTransformation:
+def max_norm_projection(max_norm: float, logits: bool = False) -> optax.GradientTransformation:
   """After the step, scale each hidden unit's incoming weights (a column of a hidden kernel) back
   to L2 norm `max_norm` if larger (Srivastava et al. 2014): dropout nets can then take large
-  steps without their weights growing without bound. The logits layer is left free.
+  steps without their weights growing without bound. The logits layer is left free unless
+  `logits` (pylearn2's max_col_norm on the softmax layer, as in the maxout networks).
   """
   def project(path, update, param):
-    if not models.is_hidden_kernel(path):
+    if not (models.is_hidden_kernel(path) or (logits and models.is_logits_kernel(path))):
       return update
     new = param + update
     norms = jnp.sqrt(jnp.sum(new * new, axis=0, keepdims=True))

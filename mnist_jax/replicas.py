@@ -54,12 +54,13 @@ def train_epoch_replicas(states: train.TrainState, images: jax.Array, labels: ja
   return jax.vmap(one)(states, keys)
 
 
-@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "mesh"))
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "mesh", "adversarial_epsilon"))
 def evaluate_replicas(states: train.TrainState, images: jax.Array, labels: jax.Array,
-                      batch_size: int = 2000, mesh: Optional[jax.sharding.Mesh] = None):
+                      batch_size: int = 2000, mesh: Optional[jax.sharding.Mesh] = None,
+                      adversarial_epsilon: float = 0.0):
   """`train.evaluate` for R replicas: metric sums with a leading axis R."""
-  return jax.vmap(lambda state: train.evaluate.__wrapped__(state, images, labels, batch_size,
-                                                           mesh))(states)
+  return jax.vmap(lambda state: train.evaluate.__wrapped__(
+      state, images, labels, batch_size, mesh, adversarial_epsilon))(states)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,7 +145,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 _EPOCH_COLUMNS = {"train_loss": ".4f", "train_accuracy": ".4f", "val_loss": ".4f",
-                  "val_accuracy": ".4f", "learning_rate": ".4g", "seconds": ".2f"}
+                  "val_accuracy": ".4f", "val_adversarial_accuracy": ".4f",
+                  "learning_rate": ".4g", "seconds": ".2f"}
 
 
 def _epoch_table(history: Sequence[dict]) -> str:
@@ -187,6 +188,10 @@ def markdown(run: workdir_lib.Run, probs: np.ndarray, report: dict, example: int
     results.append(["validation (last epoch)", last["val_loss"], last["val_accuracy"]])
   results.append(["test", test_loss, test_accuracy])
   results = [[name, f"{loss:.4f}", f"{accuracy:.4f}"] for name, loss, accuracy in results]
+  if "test_adversarial_accuracy" in run.summary:
+    results.append([f"test, fast-gradient-sign attacks (epsilon "
+                    f"{config.train.adversarial_epsilon:g})", "",
+                    f"{run.summary['test_adversarial_accuracy']:.4f}"])
   splits = [[name, split.images.shape, split.labels.shape] for name, split in
             (("train", run.splits.train), ("validation", run.splits.val), ("test", test))
             if split is not None]

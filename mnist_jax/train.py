@@ -148,12 +148,25 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   return state, _batch_metrics(logits, labels, mask, losses)
 
 
-@jax.jit
-def eval_step(state: TrainState, batch: dict):
-  """Metric sums of the model in inference mode (dropout off, BatchNorm running statistics)."""
-  logits = predict_logits(state, batch["image"])
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  return _batch_metrics(logits, batch["label"], _mask(batch), losses)
+@functools.partial(jax.jit, static_argnames=("adversarial_epsilon",))
+def eval_step(state: TrainState, batch: dict, adversarial_epsilon: float = 0.0):
+  """Metric sums of the model in inference mode (dropout off, BatchNorm running statistics).
+
+  With `adversarial_epsilon`, also how many of the batch's fast-gradient-sign adversarial images
+  (Goodfellow et al.'s attack, made against this inference-mode model) it still classifies
+  correctly: the robustness their adversarial training is selected by.
+  """
+  images, labels, mask = batch["image"], batch["label"], _mask(batch)
+  logits = predict_logits(state, images)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  metrics = _batch_metrics(logits, labels, mask, losses)
+  if adversarial_epsilon:
+    loss_of_images = lambda x: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+        predict_logits(state, x), labels) * mask)
+    attacked = predict_logits(state, images + adversarial.fgsm_perturbation(
+        loss_of_images, images, epsilon=adversarial_epsilon))
+    metrics["adversarial_correct"] = jnp.sum((jnp.argmax(attacked, -1) == labels) * mask)
+  return metrics
 
 
 def predict_logits(state: TrainState, images: jax.Array) -> jax.Array:
@@ -170,7 +183,11 @@ def summarize(sums: dict) -> dict:
   """
   sums = parallel.to_host(sums)
   count = np.maximum(sums["count"], 1.0)
-  return {"loss": (sums["loss"] / count).tolist(), "accuracy": (sums["correct"] / count).tolist()}
+  metrics = {"loss": (sums["loss"] / count).tolist(),
+             "accuracy": (sums["correct"] / count).tolist()}
+  if "adversarial_correct" in sums:  # evaluate(..., adversarial_epsilon)
+    metrics["adversarial_accuracy"] = (sums["adversarial_correct"] / count).tolist()
+  return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,19 +231,21 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: ja
   return state, sums, first_bad
 
 
-@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "mesh"))
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "mesh", "adversarial_epsilon"))
 def evaluate(state: TrainState, images: jax.Array, labels: jax.Array, batch_size: int = 2000,
-             mesh: Optional[jax.sharding.Mesh] = None):
-  """Metric sums over a whole split, in one compiled call."""
+             mesh: Optional[jax.sharding.Mesh] = None, adversarial_epsilon: float = 0.0):
+  """Metric sums over a whole split, in one compiled call (`eval_step`'s, batch by batch)."""
   batch_size = min(batch_size, images.shape[0])
   indices, mask = _batched_indices(jnp.arange(images.shape[0]), batch_size)
 
   def step(sums, inputs):
     idx, m = inputs
     batch = parallel.shard_batch({"image": images[idx], "label": labels[idx], "mask": m}, mesh)
-    return jax.tree.map(jnp.add, sums, eval_step(state, batch)), None
+    return jax.tree.map(jnp.add, sums, eval_step(state, batch, adversarial_epsilon)), None
 
   zeros = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  if adversarial_epsilon:
+    zeros["adversarial_correct"] = 0.0
   sums, _ = jax.lax.scan(step, jax.tree.map(jnp.float32, zeros), (indices, mask))
   return sums
 

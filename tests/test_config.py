@@ -52,6 +52,9 @@ def test_an_experiment_extends_another_by_loading_it():
     ("train.monitor", "val_acc", "monitor='val_acc' is not one of val_accuracy, val_loss"),
     ("train.ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
     ("rng_impl", "philox", "rng_impl='philox' is not one of threefry, rbg, unsafe_rbg"),
+    ("optimizer.momentum_ramp_epochs", 10.0, "needs optimizer.name='sgd' \\(not 'adam'\\)"),
+    ("train.monitor", "val_adversarial_accuracy", "set config.train.adversarial_epsilon > 0"),
+    ("model.maxout_pieces", 0, "maxout_pieces=0 must be at least 1"),
 ])
 def test_invalid_values_are_named(field, value, message):
   config = config_lib.load("adam_mlp")  # no validation split
@@ -101,3 +104,10 @@ def test_a_config_file_that_does_not_load_is_one_paragraph(tmp_path, source, mes
     config_lib.load(str(path))
   assert re.search(message, str(error.value)), str(error.value)
   assert "\n" not in str(error.value)
+
+
+def test_maxout_is_refused_for_the_ladder_model():
+  config = config_lib.load("ladder_baseline")
+  config.model.activation = "maxout"
+  with pytest.raises(config_lib.ConfigError, match="'maxout' belongs to the mlp model"):
+    config_lib.validate(config)

@@ -232,6 +232,35 @@ def test_resume_is_exact_with_ema_max_norm_and_rbg(tmp_path):
   assert without(again, "train_seconds") == without(summary, "train_seconds")
 
 
+def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactly(tmp_path):
+  """Goodfellow et al.'s protocol, shrunk: two replicas of a small maxout net, adversarial
+  training, early stopping on the validation images' FGSM accuracy (recorded per epoch and
+  replica), the test's FGSM accuracy in summary.json; a run killed before its last epoch resumes
+  to the same parameters (the momentum ramp's and the schedule's step count included)."""
+  config = config_lib.load("adversarial_maxout")
+  config.num_seeds, config.model.hidden_sizes, config.model.maxout_pieces = 2, (32, 32), 2
+  config.data.source, config.data.train_subset, config.data.validation = "idx", 600, "train_tail"
+  config.train.monitor, config.train.early_stopping_patience = "val_adversarial_accuracy", 5
+  config.train.epochs, config.optimizer.momentum_ramp_epochs = 3, 2.0
+  config.train.batch_size = 50  # 30 steps: enough to learn something
+  straight, _ = loop.train_and_evaluate(config, tmp_path)
+  history = records(tmp_path)
+  assert len(history) == 3
+  for record in history:
+    assert len(record["replicas"]["val_adversarial_accuracy"]) == 2
+    assert 0 <= record["val_adversarial_accuracy"] < record["val_accuracy"]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["best_epoch"] == 1 + int(np.argmax([r["val_adversarial_accuracy"]
+                                                     for r in history]))
+  assert 0 <= summary["test_adversarial_accuracy"] < summary["test_accuracy"]
+
+  (tmp_path / "summary.json").unlink()  # killed after epoch 2's save
+  shutil.rmtree(tmp_path / "checkpoints" / "3")
+  resumed, _ = loop.train_and_evaluate(config, tmp_path)
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_exploding_but_finite_loss_stops_the_run(tmp_path):
   """rmsprop at learning rate 1e6 ends with a loss near 1e11, still finite: stopped like NaN."""
   result = run_cli("--config=rmsprop_mlp", "--config.data.source=idx",
@@ -244,7 +273,8 @@ def test_exploding_but_finite_loss_stops_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["adam_mlp", "adam_mlp_784", "adam_mlp_784_dropout",
-                                  "rmsprop_mlp", "sigmoid_mlp", "sgd_bn_mlp", "best_mlp"])
+                                  "rmsprop_mlp", "sigmoid_mlp", "sgd_bn_mlp", "best_mlp",
+                                  "adversarial_maxout"])
 def test_no_shipped_config_starts_near_the_divergence_limit(name):
   """The rule's margin: every shipped model's untrained loss is about log(10) = 2.3, a tenth of
   the limit (their trained losses, in experiments/RESULTS.md, are lower still)."""

@@ -123,3 +123,33 @@ def test_the_ladder_model_trains_through_the_trainer(tiny_config):
   tiny_config.model.denoising_weights = (1.0,)  # one weight for 4 layers
   with pytest.raises(config_lib.ConfigError, match="needs 4 values"):
     config_lib.validate(tiny_config)
+
+
+def test_maxout_units_are_the_max_of_their_pieces():
+  """activation='maxout': the Dense layer has pieces x width outputs, and each unit is the max of
+  its `pieces` consecutive ones."""
+  config = config_lib.load("adam_mlp")
+  config.model.hidden_sizes, config.model.activation, config.model.maxout_pieces = (4,), "maxout", 3
+  state = train.create_train_state(jax.random.key(0), config, input_dim=6)
+  assert state.params["dense_0"]["kernel"].shape == (6, 12)
+  assert state.params["logits"]["kernel"].shape == (4, 10)
+  x = jax.random.normal(jax.random.key(1), (5, 6))
+  dense, logits = state.params["dense_0"], state.params["logits"]
+  pre = np.asarray(x @ dense["kernel"] + dense["bias"]).reshape(5, 4, 3)
+  expected = pre.max(axis=-1) @ np.asarray(logits["kernel"]) + np.asarray(logits["bias"])
+  np.testing.assert_allclose(train.predict_logits(state, x), expected, rtol=1e-5, atol=1e-6)
+  assert "maxout of 3: 4 units" in models.summary(state.params, state.batch_stats, config.model)
+
+
+def test_adversarial_maxout_is_the_papers_network():
+  """Goodfellow et al.'s 1600-unit maxout net: 784 -> 1600 x 5 pieces -> 1600 x 5 -> 10; with
+  the authors' init (uniform_0.005), weights in +-0.005 and zero biases."""
+  config = config_lib.load("adversarial_maxout")
+  config.num_seeds, config.model.kernel_init = 1, "uniform_0.005"
+  state = train.create_train_state(jax.random.key(0), config, steps_per_epoch=600)
+  shapes = {name: p["kernel"].shape for name, p in state.params.items()}
+  assert shapes == {"dense_0": (784, 8000), "dense_1": (1600, 8000), "logits": (1600, 10)}
+  assert sum(p.size for p in jax.tree.leaves(state.params)) == 19_104_010
+  kernel = np.asarray(state.params["dense_1"]["kernel"])
+  assert 0.0049 < np.abs(kernel).max() <= 0.005 and not np.any(state.params["dense_1"]["bias"])
+  assert kernel.min() < -0.0049  # symmetric

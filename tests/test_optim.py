@@ -77,3 +77,32 @@ def test_max_norm_bounds_hidden_kernel_columns_only(tiny_config):
     norms = np.linalg.norm(np.asarray(state.params[name]["kernel"]), axis=0)
     assert norms.max() <= 0.5 * (1 + 1e-5) and norms.max() > 0.45  # binding, and respected
   assert np.linalg.norm(np.asarray(state.params["logits"]["kernel"]), axis=0).max() > 0.5
+
+
+def test_max_norm_logits_bounds_the_logits_columns_too(tiny_config):
+  tiny_config.optimizer.learning_rate, tiny_config.optimizer.max_norm = 0.05, 0.5
+  tiny_config.optimizer.max_norm_logits = True
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  state, _, _ = train.train_epoch(state, dd.images, dd.labels, jax.random.key(1), 64)
+  for name in ("dense_0", "logits"):
+    norms = np.linalg.norm(np.asarray(state.params[name]["kernel"]), axis=0)
+    assert 0.45 < norms.max() <= 0.5 * (1 + 1e-5), name
+
+
+def test_momentum_ramps_linearly_then_stays(tiny_config):
+  """pylearn2's MomentumAdjustor: momentum 0.5 -> 0.7 over 2 epochs of 10 steps, then 0.7; the
+  step is SGD with that step's momentum."""
+  c = tiny_config.optimizer
+  c.name, c.learning_rate, c.momentum, c.momentum_final, c.momentum_ramp_epochs = (
+      "sgd", 0.1, 0.5, 0.7, 2.0)
+  tx = optim.make_optimizer(c, steps_per_epoch=10, epochs=3)
+  params, grad = jnp.zeros(2), jnp.array([1.0, -2.0])
+  state, trace, momenta = tx.init(params), jnp.zeros(2), []
+  for step in range(30):
+    updates, state = tx.update(grad, state, params)
+    momenta.append(float(state.hyperparams["momentum"]))
+    trace = grad + min(0.5 + 0.2 * step / 20, 0.7) * trace  # optax's trace: g + m t
+    np.testing.assert_allclose(updates, -0.1 * trace, rtol=1e-5)
+  assert momenta[0] == pytest.approx(0.5) and momenta[10] == pytest.approx(0.6)
+  assert momenta[20:] == pytest.approx([0.7] * 10)

@@ -186,3 +186,19 @@ def test_quickstart_notebook_runs_to_the_end(tmp_path, monkeypatch):
   accuracy = float(re.search(r"test accuracy (\d\.\d+)", text).group(1))
   assert accuracy > 0.8
   assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the curve, the prediction
+
+
+def test_evaluate_reports_accuracy_on_fast_gradient_sign_attacks(tiny_config):
+  """With adversarial_epsilon, evaluate also counts the examples still right after the attack:
+  fewer than the clean ones for a trained model, all of them for one that ignores its input."""
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  state, _, _ = train.train_epoch(state, dd.images, dd.labels, jax.random.key(1), 64)
+  metrics = train.summarize(train.evaluate(state, dd.images, dd.labels, 100,
+                                           adversarial_epsilon=0.25))
+  assert metrics["adversarial_accuracy"] < metrics["accuracy"] - 0.2
+  assert "adversarial_accuracy" not in train.summarize(train.evaluate(state, dd.images, dd.labels))
+  blind = state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
+  blind = train.summarize(train.evaluate(blind, dd.images, dd.labels, 100,
+                                         adversarial_epsilon=0.25))
+  assert blind["adversarial_accuracy"] == blind["accuracy"]
