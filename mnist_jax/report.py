@@ -123,10 +123,15 @@ def reproduce_command(config, workdir) -> str:
   target = config_lib.flatten(config.to_dict())
   best = None
   for name in config_lib.available():
-    base = config_lib.flatten(config_lib.load(name).to_dict())
+    try:  # a file that does not load here (being edited, or newer than this code) is no base
+      base = config_lib.flatten(config_lib.load(name).to_dict())
+    except config_lib.ConfigError:
+      continue
     overrides = {key: value for key, value in target.items() if base.get(key) != value}
     if best is None or len(overrides) < len(best[1]):
       best = (name, overrides)
+  if best is None:
+    return f"# no config in {config_lib.EXPERIMENTS_DIR} loads; this run's is {workdir}/config.json"
   name, overrides = best
   args = [f"--config={name}"]
   args += [f"--config.{key}={_flag_value(value)}" for key, value in sorted(overrides.items())]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import PNG_SIGNATURE, TINY_FLAGS, run_module
+from mnist_jax import config as config_lib
 from mnist_jax import report
 
 
@@ -46,6 +47,20 @@ def test_every_figure_is_a_png_and_report_md_links_it(trained_run):
   # The command reproduces the run: the experiment plus exactly the flags that changed it.
   command = re.search(r"python -m mnist_jax\.main (.*)", text).group(1).split()
   assert command == ["--config=adam_mlp_784", *sorted(TINY_FLAGS), f"--workdir={workdir}"]
+
+
+def test_reproduce_command_skips_an_experiment_that_does_not_load(monkeypatch, tmp_path):
+  """A finished run's report does not depend on every file in experiments/ loading: one being
+  edited, or newer than the code of a run started before it (a `git pull` mid-run), is skipped."""
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n")
+  monkeypatch.setattr(config_lib, "available", lambda: [str(broken), "adam_mlp"])
+  config = config_lib.load("adam_mlp")
+  config.train.epochs = 7
+  assert report.reproduce_command(config, "runs/x") == (
+      "python -m mnist_jax.main --config=adam_mlp --config.train.epochs=7 --workdir=runs/x")
+  monkeypatch.setattr(config_lib, "available", lambda: [str(broken)])
+  assert report.reproduce_command(config, "runs/x").startswith("# no config in ")
 
 
 def _read_scalars(directory: pathlib.Path) -> dict:
