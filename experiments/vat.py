@@ -19,6 +19,10 @@ the power iteration's direction is close to random (mnist_jax/adversarial.py); t
 so, and it is kept here; --config.train.vat_xi=1e-2 is the variant that follows the true direction.
 
     python -m mnist_jax.main --config=vat
+
+Measured on a 2-core AMD EPYC CPU (JAX 0.10.2), seeds 0, 1, 2 run one after the other with
+--config.num_seeds=1 --config.seed=K, from their summary.json: test error 0.64%, 0.70%, 0.69%,
+mean 0.68% +- 0.03 (test accuracy 0.99323 +- 0.00026); 44 min a seed (experiments/RESULTS.md).
 """
 
 from mnist_jax.config import default_config
