@@ -415,9 +415,9 @@ def _summary(config, setup: Setup, history, test_metrics, best, stopped_early, *
   settings = setup.functions.settings
   if len(settings) > 1:
     summary["test_accuracy_std"] = float(np.std(test_metrics["accuracy"]))
-    summary["replicas"] = [
-        {**r, "test_loss": loss, "test_accuracy": accuracy}
-        for r, loss, accuracy in zip(settings, test_metrics["loss"], test_metrics["accuracy"])]
+    per_replica = summary["replicas"]  # {"test_loss": [one per replica], ...}
+    summary["replicas"] = [{**r, **{name: values[k] for name, values in per_replica.items()}}
+                           for k, r in enumerate(settings)]
     for r in summary["replicas"]:
       log.info("Replica seed %d, learning rate %g: test loss %.4f - test accuracy %.4f",
                r["seed"], r["learning_rate"], r["test_loss"], r["test_accuracy"])

@@ -143,7 +143,7 @@ def reproduce_command(config, workdir) -> str:
 # report.md
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
@@ -154,10 +154,14 @@ _EPOCH_COLUMNS = {"train_loss": ".4f", "train_accuracy": ".4f", "val_loss": ".4f
                   "learning_rate": ".4g", "seconds": ".2f"}
 
 
+def _image(name: str) -> str:
+  return f"![{FIGURES[name]}](figures/{name})"
+
+
 def _epoch_table(history: Sequence[dict]) -> str:
   columns = [c for c in _EPOCH_COLUMNS if history and c in history[0]]
   rows = [[r["epoch"]] + [format(r[c], _EPOCH_COLUMNS[c]) for c in columns] for r in history]
-  return _table(["epoch"] + columns, rows)
+  return markdown_table(["epoch"] + columns, rows)
 
 
 def _replicas_section(summary: dict) -> list[str]:
@@ -170,7 +174,8 @@ def _replicas_section(summary: dict) -> list[str]:
           f"{len(rows)} replicas trained in one vmapped program; the test numbers above are their "
           f"mean (accuracy std {summary['test_accuracy_std']:.4f}), the curves show the mean, and "
           f"the test-set figures below show replica 0.", "",
-          _table(["replica", "seed", "learning rate", "test loss", "test accuracy"], rows), ""]
+          markdown_table(["replica", "seed", "learning rate", "test loss", "test accuracy"], rows),
+          ""]
 
 
 def markdown(run: workdir_lib.Run, probs: np.ndarray, report: dict, example: int) -> str:
@@ -227,23 +232,23 @@ def markdown(run: workdir_lib.Run, probs: np.ndarray, report: dict, example: int
       "",
       "## Results",
       "",
-      _table(["", "loss", "accuracy"], results),
+      markdown_table(["", "loss", "accuracy"], results),
       "",
       f"Training minus test accuracy: {gap:+.4f} (positive: the model fits its training data "
       f"better than unseen digits). {len(wrong):,} of {len(test):,} test digits are misclassified.",
       "",
-      _table(["split", "images", "labels"], splits),
+      markdown_table(["split", "images", "labels"], splits),
       "",
       *_replicas_section(run.summary),
       "## Training curves",
       "",
-      "![loss and accuracy per epoch](figures/curves.png)",
+      _image("curves.png"),
       "",
       _epoch_table(history),
       "",
       "## Test set",
       "",
-      "![confusion matrix](figures/confusion_matrix.png)",
+      _image("confusion_matrix.png"),
       "",
       "Classification report ([JSON](classification_report.json)):",
       "",
@@ -254,22 +259,22 @@ def markdown(run: workdir_lib.Run, probs: np.ndarray, report: dict, example: int
       f"Misclassified test digits, the {shown} most confident of {len(wrong):,} "
       f"(all of them are in [misclassified.json](misclassified.json)):",
       "",
-      "![misclassified test digits](figures/misclassified.png)",
+      _image("misclassified.png"),
       "",
       "The first test digits and their predictions:",
       "",
-      _table(["test index", "label", "predicted", "probability"], first),
+      markdown_table(["test index", "label", "predicted", "probability"], first),
       "",
-      "![first test digits](figures/first_test_digits.png)",
+      _image("first_test_digits.png"),
       "",
       f"Test digit {example} (label {test.labels[example]}) is predicted as "
       f"**{predictions[example]}**; its probabilities:",
       "",
-      "![a test digit and its probabilities](figures/prediction.png)",
+      _image("prediction.png"),
       "",
       "## Training data",
       "",
-      "![random training digits](figures/samples.png)",
+      _image("samples.png"),
       "",
       "## Model",
       "",

@@ -236,11 +236,15 @@ def write_summary(workdir: pathlib.Path, summary: dict) -> None:
   write_atomic(workdir / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_summary(workdir: pathlib.Path) -> dict:
+  """summary.json; {} for a run that has not finished."""
+  path = pathlib.Path(workdir) / SUMMARY
   return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """metrics.jsonl: one record per epoch."""
+  path = pathlib.Path(workdir) / METRICS
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -301,7 +305,7 @@ def load_run(workdir, replica: int = 0) -> Run:
     raise RunError(f"Replica {replica} does not exist: the run has {num_replicas}.")
   template = jax.eval_shape(
       lambda: replicas.init_run(config, input_dim, steps_per_epoch).state)
-  summary = _read_json(workdir / SUMMARY)
+  summary = read_summary(workdir)
   directory, epoch = workdir / CHECKPOINTS, None
   if summary.get("tested_epoch", summary.get("epochs")) != summary.get("epochs"):
     directory, epoch = workdir / BEST_CHECKPOINTS, summary["tested_epoch"]  # restore_best
@@ -317,5 +321,5 @@ def load_run(workdir, replica: int = 0) -> Run:
   state, epoch = restored
   if num_replicas > 1:
     state = jax.tree.map(lambda x: x[replica], state)
-  history = [r for r in _read_jsonl(workdir / METRICS) if r["epoch"] <= epoch]
+  history = [r for r in read_metrics(workdir) if r["epoch"] <= epoch]
   return Run(workdir, config, state, epoch, splits, history, summary)

@@ -253,6 +253,8 @@ def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactl
   assert summary["best_epoch"] == 1 + int(np.argmax([r["val_adversarial_accuracy"]
                                                      for r in history]))
   assert 0 <= summary["test_adversarial_accuracy"] < summary["test_accuracy"]
+  each = [r["test_adversarial_accuracy"] for r in summary["replicas"]]
+  assert len(each) == 2 and summary["test_adversarial_accuracy"] == pytest.approx(np.mean(each))
 
   (tmp_path / "summary.json").unlink()  # killed after epoch 2's save
   shutil.rmtree(tmp_path / "checkpoints" / "3")

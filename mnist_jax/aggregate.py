@@ -1,0 +1,155 @@
+"""The seeds of one experiment as one result: mean +- std of their test metrics.
+
+    python -m mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1 runs/ladder-seed2
+
+Seeds run one per workdir (`--config.num_seeds=1 --config.seed=K`) and the replicas of a vmapped
+run (`--config.num_seeds=3`) count alike, one row per seed: replica k of a vmapped run is the run
+of seed config.seed + k. Every number is read from the runs' summary.json and metrics.jsonl (the
+test set was used once, by each run); nothing is evaluated again. The runs must be finished and
+share their config up to the seed, so that the table describes one experiment. Prints the Markdown
+table that experiments/RESULTS.md holds, and the commands that reproduce it.
+"""
+
+import dataclasses
+import pathlib
+import statistics
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from mnist_jax import config as config_lib
+from mnist_jax import report
+from mnist_jax import workdir as workdir_lib
+
+SEED_FIELDS = ("seed", "num_seeds")  # all that may differ between the runs of one experiment
+# summary.json's per-seed test metrics, with their column names.
+METRICS = {"test_accuracy": "test accuracy", "test_loss": "test loss",
+           "test_adversarial_accuracy": "test accuracy under FGSM attacks"}
+
+
+class AggregateError(ValueError):
+  """Runs that do not make one experiment's seeds; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedResult:
+  """One seed's final numbers, as its run recorded them."""
+  seed: int
+  workdir: pathlib.Path
+  metrics: dict  # a subset of METRICS' keys -> value
+  tested_epoch: int
+  train_seconds: float  # the run's; the replicas of a vmapped run share it
+  median_epoch_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+  config: object  # the ConfigDict of the first run
+  commands: list[str]  # one per run: what reproduces it
+  seeds: list[SeedResult]
+
+  @property
+  def metrics(self) -> list[str]:
+    """The METRICS every seed has (an older summary.json may lack one)."""
+    return [m for m in METRICS if all(m in s.metrics for s in self.seeds)]
+
+  def mean_std(self, metric: str) -> tuple[float, float]:
+    """Mean and (population) standard deviation over the seeds, as summary.json's replicas."""
+    values = [s.metrics[metric] for s in self.seeds]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
+  summary = workdir_lib.read_summary(workdir)
+  history = workdir_lib.read_metrics(workdir)
+  if not summary:
+    raise AggregateError(
+        f"{workdir} has not finished (it has no {workdir_lib.SUMMARY}; {len(history)} of its "
+        f"{config.train.epochs} epochs are recorded), so it has no test result yet. Run its "
+        f"command again to finish it: {report.reproduce_command(config, workdir)}")
+  if config.sweep.learning_rate:
+    raise AggregateError(
+        f"{workdir} is a learning-rate sweep (rates {tuple(config.sweep.learning_rate)}): its "
+        f"replicas are different experiments, not seeds of one. Its report.md compares them.")
+  shared = dict(workdir=workdir, tested_epoch=summary.get("tested_epoch", summary["epochs"]),
+                train_seconds=summary["train_seconds"],
+                median_epoch_seconds=statistics.median(r["seconds"] for r in history))
+  per_seed = summary.get("replicas", [{"seed": config.seed, **summary}])
+  return [SeedResult(seed=r["seed"], metrics={m: r[m] for m in METRICS if m in r}, **shared)
+          for r in per_seed]
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+  keys = sorted((set(a) | set(b)) - set(SEED_FIELDS))
+  return [f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+
+
+def aggregate(workdirs: Sequence) -> Aggregate:
+  """The seeds of the finished runs in `workdirs`, checked to be one experiment's."""
+  if not workdirs:
+    raise AggregateError("No workdirs given: name the runs of one config, e.g. python -m "
+                         "mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1")
+  first, seeds, commands = None, [], []
+  for workdir in map(pathlib.Path, workdirs):
+    config = workdir_lib.load_config(workdir)
+    flat = config_lib.flatten(config.to_dict())
+    if first is None:
+      first = (workdir, config, flat)
+    elif differences := _differences(first[2], flat):
+      raise AggregateError(
+          f"{first[0]} and {workdir} are not seeds of one experiment: their configs differ in "
+          f"{', '.join(differences)}. Aggregate runs whose configs differ only in "
+          f"{' and '.join(SEED_FIELDS)}.")
+    for result in _seed_results(workdir, config):
+      if twin := next((s for s in seeds if s.seed == result.seed), None):
+        raise AggregateError(
+            f"Seed {result.seed} is in both {twin.workdir} and {workdir}: counting it twice "
+            f"would shrink the spread. Give each seed's run once.")
+      seeds.append(result)
+    commands.append(report.reproduce_command(config, workdir))
+  return Aggregate(first[1], commands, seeds)
+
+
+def _percent(accuracy: float) -> str:
+  return f"{100 * (1 - accuracy):.2f}%"
+
+
+def markdown(result: Aggregate) -> str:
+  """The seeds' table (a row each, then mean +- std) and the commands, as RESULTS.md has them."""
+  metrics = result.metrics
+  header = ["seed", "workdir", "test error", *(METRICS[m] for m in metrics), "tested epoch",
+            "training seconds (run)", "median seconds an epoch"]
+  rows = [[s.seed, f"`{s.workdir}`", _percent(s.metrics["test_accuracy"]),
+           *(f"{s.metrics[m]:.4f}" for m in metrics), s.tested_epoch, f"{s.train_seconds:,.0f}",
+           f"{s.median_epoch_seconds:.1f}"] for s in sorted(result.seeds, key=lambda s: s.seed)]
+  accuracy, accuracy_std = result.mean_std("test_accuracy")
+  mean_row = ["**mean +- std**", "", f"**{_percent(accuracy)} +- {100 * accuracy_std:.2f}**"]
+  for m in metrics:
+    mean, std = result.mean_std(m)
+    mean_row.append(f"{mean:.5f} +- {std:.5f}")
+  rows.append(mean_row + ["", "", ""])
+  return "\n".join([
+      f"{len(result.seeds)} seeds, test error {_percent(accuracy)} +- {100 * accuracy_std:.2f} "
+      f"(mean +- std; each seed's test set used once, by its run):",
+      "",
+      report.markdown_table(header, rows),
+      "",
+      "Reproduced by:",
+      "",
+      "```bash",
+      *result.commands,
+      "```",
+  ])
+
+
+def main(argv):
+  try:
+    print(markdown(aggregate(argv[1:])))
+  except (AggregateError, workdir_lib.RunError) as e:
+    sys.exit(f"ERROR: {e}")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=import-outside-toplevel
+  app.run(main)

@@ -1,0 +1,93 @@
+"""mnist_jax.aggregate: seeds run one per workdir and a vmapped run's replicas, as one result."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_clear_error, run_module
+from mnist_jax import aggregate
+from mnist_jax import config as config_lib
+from mnist_jax import workdir as workdir_lib
+
+
+def fake_run(workdir, config, summary, epoch_seconds=(2.0, 1.0, 4.0)):
+  """A finished run's files as the loop writes them (no checkpoints: aggregate never reads them)."""
+  workdir.mkdir()
+  (workdir / workdir_lib.CONFIG).write_text(workdir_lib.config_json(config))
+  (workdir / workdir_lib.METRICS).write_text("".join(
+      json.dumps({"epoch": e + 1, "seconds": s}) + "\n" for e, s in enumerate(epoch_seconds)))
+  if summary is not None:
+    summary = {"epochs": 3, "tested_epoch": 3, "train_seconds": sum(epoch_seconds), **summary}
+    (workdir / workdir_lib.SUMMARY).write_text(json.dumps(summary))
+  return workdir
+
+
+def vat_config(seed, num_seeds=1):
+  config = config_lib.load("vat")
+  config.seed, config.num_seeds = seed, num_seeds
+  return config
+
+
+def test_single_seed_runs_and_a_vmapped_run_make_one_table(tmp_path):
+  runs = [fake_run(tmp_path / f"seed{k}", vat_config(k),
+                   {"test_accuracy": acc, "test_loss": loss})
+          for k, acc, loss in ((0, 0.9936, 0.0233), (1, 0.9930, 0.0238))]
+  runs.append(fake_run(tmp_path / "vmapped", vat_config(2, num_seeds=2), {
+      "test_accuracy": 0.99285, "test_loss": 0.0240, "replicas": [
+          {"seed": 2, "learning_rate": 0.002, "test_loss": 0.0238, "test_accuracy": 0.9931},
+          {"seed": 3, "learning_rate": 0.002, "test_loss": 0.0242, "test_accuracy": 0.9926}]}))
+  result = aggregate.aggregate(runs)
+
+  assert [s.seed for s in result.seeds] == [0, 1, 2, 3]
+  accuracies = [0.9936, 0.9930, 0.9931, 0.9926]
+  assert result.mean_std("test_accuracy") == pytest.approx((np.mean(accuracies),
+                                                            np.std(accuracies)))
+  assert result.seeds[0].median_epoch_seconds == 2.0 and result.seeds[3].train_seconds == 7.0
+  assert result.metrics == ["test_accuracy", "test_loss"]
+  text = aggregate.markdown(result)
+  assert "4 seeds, test error 0.69% +- 0.04" in text
+  assert "| 0 | `" + str(runs[0]) + "` | 0.64% | 0.9936 | 0.0233 | 3 | 7 | 2.0 |" in text
+  assert "| **mean +- std** |  | **0.69% +- 0.04** | 0.99308 +- 0.00036 |" in text
+  # The commands name the closest config and the seed: here vat itself.
+  assert f"--config=vat --config.num_seeds=1 --config.seed=1 --workdir={runs[1]}" in text
+  assert f"--config=vat --config.num_seeds=2 --config.seed=2 --workdir={runs[2]}" in text
+
+
+def test_a_metric_some_runs_lack_is_left_out(tmp_path):
+  runs = [fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.99, "test_loss": 0.03,
+                                                   "test_adversarial_accuracy": 0.9}),
+          fake_run(tmp_path / "b", vat_config(1), {"test_accuracy": 0.98, "test_loss": 0.04})]
+  assert aggregate.aggregate(runs).metrics == ["test_accuracy", "test_loss"]
+  assert aggregate.aggregate(runs[:1]).metrics == list(aggregate.METRICS)
+
+
+@pytest.mark.parametrize("problem", ["other_config", "unfinished", "same_seed", "sweep"])
+def test_runs_that_are_not_one_experiments_seeds_are_refused(tmp_path, problem):
+  first = fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.99, "test_loss": 0.03})
+  config, summary = vat_config(1), {"test_accuracy": 0.98, "test_loss": 0.04}
+  expected = {"other_config": "configs differ in train.epochs (100 vs 99)",
+              "unfinished": "has not finished (it has no summary.json; 3 of its 100 epochs",
+              "same_seed": "Seed 0 is in both",
+              "sweep": "is a learning-rate sweep (rates (0.001, 0.002))"}[problem]
+  if problem == "other_config":
+    config.train.epochs = 99
+  elif problem == "unfinished":
+    summary = None
+  elif problem == "same_seed":
+    config.seed = 0
+  else:
+    config.sweep.learning_rate = (0.001, 0.002)
+  second = fake_run(tmp_path / "b", config, summary)
+  with pytest.raises(aggregate.AggregateError) as error:
+    aggregate.aggregate([second] if problem == "sweep" else [first, second])
+  assert expected in str(error.value), error.value
+
+
+def test_cli_prints_the_table_and_refuses_bad_input_in_one_paragraph(tmp_path):
+  run = fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.9936, "test_loss": 0.0233})
+  result = run_module("aggregate", str(run))
+  assert result.returncode == 0, result.stderr
+  assert "1 seeds, test error 0.64% +- 0.00" in result.stdout
+  assert_clear_error(run_module("aggregate", str(run), str(tmp_path / "nothing")), 1,
+                     "is not the workdir of a run")
