@@ -45,7 +45,6 @@ class SeedResult:
 
 @dataclasses.dataclass(frozen=True)
 class Aggregate:
-  config: object  # the ConfigDict of the first run
   commands: list[str]  # one per run: what reproduces it
   seeds: list[SeedResult]
 
@@ -90,13 +89,13 @@ def aggregate(workdirs: Sequence) -> Aggregate:
   if not workdirs:
     raise AggregateError("No workdirs given: name the runs of one config, e.g. python -m "
                          "mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1")
-  first, seeds, commands = None, [], []
+  first, seeds, commands = None, [], []  # first: the first run's (workdir, flattened config)
   for workdir in map(pathlib.Path, workdirs):
     config = workdir_lib.load_config(workdir)
     flat = config_lib.flatten(config.to_dict())
     if first is None:
-      first = (workdir, config, flat)
-    elif differences := _differences(first[2], flat):
+      first = (workdir, flat)
+    elif differences := _differences(first[1], flat):
       raise AggregateError(
           f"{first[0]} and {workdir} are not seeds of one experiment: their configs differ in "
           f"{', '.join(differences)}. Aggregate runs whose configs differ only in "
@@ -104,11 +103,11 @@ def aggregate(workdirs: Sequence) -> Aggregate:
     for result in _seed_results(workdir, config):
       if twin := next((s for s in seeds if s.seed == result.seed), None):
         raise AggregateError(
-            f"Seed {result.seed} is in both {twin.workdir} and {workdir}: counting it twice "
-            f"would shrink the spread. Give each seed's run once.")
+            f"Seed {result.seed} is in both {twin.workdir} and {workdir}: it would count "
+            f"twice in the mean and the spread. Give each seed's run once.")
       seeds.append(result)
     commands.append(report.reproduce_command(config, workdir))
-  return Aggregate(first[1], commands, seeds)
+  return Aggregate(commands, seeds)
 
 
 def _percent(accuracy: float) -> str:
