@@ -10,7 +10,10 @@ the logits (the authors' README, "MNIST all labels": --denoising-cost-x 1000,1,0
 as ladder_baseline: Adam 0.002, batch 100, 150 epochs, the last 50 decayed linearly to 0. Each epoch
 costs about 3 times ladder_baseline's (two encoder passes and a decoder).
 
-    python -m mnist_jax.main --config=ladder
+    python -m mnist_jax.main --config=ladder                  # 3 seeds vmapped
+    # or one seed at a time (K = 0, 1, 2), then their table:
+    python -m mnist_jax.main --config=ladder --config.num_seeds=1 --config.seed=K --workdir=runs/ladder-seedK
+    python -m mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1 runs/ladder-seed2
 """
 
 from mnist_jax import config as config_lib

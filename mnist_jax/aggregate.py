@@ -123,14 +123,15 @@ def markdown(result: Aggregate) -> str:
            *(f"{s.metrics[m]:.4f}" for m in metrics), s.tested_epoch, f"{s.train_seconds:,.0f}",
            f"{s.median_epoch_seconds:.1f}"] for s in sorted(result.seeds, key=lambda s: s.seed)]
   accuracy, accuracy_std = result.mean_std("test_accuracy")
-  mean_row = ["**mean +- std**", "", f"**{_percent(accuracy)} +- {100 * accuracy_std:.2f}**"]
+  error = f"{_percent(accuracy)} +- {100 * accuracy_std:.2f}"
+  mean_row = ["**mean +- std**", "", f"**{error}**"]
   for m in metrics:
     mean, std = result.mean_std(m)
     mean_row.append(f"{mean:.5f} +- {std:.5f}")
   rows.append(mean_row + ["", "", ""])
   return "\n".join([
-      f"{len(result.seeds)} seeds, test error {_percent(accuracy)} +- {100 * accuracy_std:.2f} "
-      f"(mean +- std; each seed's test set used once, by its run):",
+      f"{len(result.seeds)} seed{'s' * (len(result.seeds) > 1)}, test error {error} (mean +- std; "
+      f"each seed's test set used once, by its run):",
       "",
       report.markdown_table(header, rows),
       "",

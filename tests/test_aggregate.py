@@ -88,6 +88,6 @@ def test_cli_prints_the_table_and_refuses_bad_input_in_one_paragraph(tmp_path):
   run = fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.9936, "test_loss": 0.0233})
   result = run_module("aggregate", str(run))
   assert result.returncode == 0, result.stderr
-  assert "1 seeds, test error 0.64% +- 0.00" in result.stdout
+  assert "1 seed, test error 0.64% +- 0.00" in result.stdout
   assert_clear_error(run_module("aggregate", str(run), str(tmp_path / "nothing")), 1,
                      "is not the workdir of a run")
