@@ -79,9 +79,12 @@ def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
           for r in per_seed]
 
 
-def _differences(a: dict, b: dict) -> list[str]:
+def _differences(a: dict, b: dict, shown: int = 4) -> str:
+  """The fields two flattened configs differ in besides the seed, the first `shown` named; ""."""
   keys = sorted((set(a) | set(b)) - set(SEED_FIELDS))
-  return [f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+  fields = [f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+  more = f" and {len(fields) - shown} more fields" if len(fields) > shown else ""
+  return ", ".join(fields[:shown]) + more
 
 
 def aggregate(workdirs: Sequence) -> Aggregate:
@@ -98,7 +101,7 @@ def aggregate(workdirs: Sequence) -> Aggregate:
     elif differences := _differences(first[1], flat):
       raise AggregateError(
           f"{first[0]} and {workdir} are not seeds of one experiment: their configs differ in "
-          f"{', '.join(differences)}. Aggregate runs whose configs differ only in "
+          f"{differences}. Aggregate runs whose configs differ only in "
           f"{' and '.join(SEED_FIELDS)}.")
     for result in _seed_results(workdir, config):
       if twin := next((s for s in seeds if s.seed == result.seed), None):

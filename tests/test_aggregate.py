@@ -62,16 +62,21 @@ def test_a_metric_some_runs_lack_is_left_out(tmp_path):
   assert aggregate.aggregate(runs[:1]).metrics == list(aggregate.METRICS)
 
 
-@pytest.mark.parametrize("problem", ["other_config", "unfinished", "same_seed", "sweep"])
+@pytest.mark.parametrize("problem", ["other_config", "another_experiment", "unfinished",
+                                     "same_seed", "sweep"])
 def test_runs_that_are_not_one_experiments_seeds_are_refused(tmp_path, problem):
   first = fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.99, "test_loss": 0.03})
   config, summary = vat_config(1), {"test_accuracy": 0.98, "test_loss": 0.04}
-  expected = {"other_config": "configs differ in train.epochs (100 vs 99)",
+  expected = {"other_config": "configs differ in train.epochs (100 vs 99). Aggregate runs whose "
+                              "configs differ only in seed and num_seeds.",
+              "another_experiment": " more fields. Aggregate runs whose",
               "unfinished": "has not finished (it has no summary.json; 3 of its 100 epochs",
               "same_seed": "Seed 0 is in both",
               "sweep": "is a learning-rate sweep (rates (0.001, 0.002))"}[problem]
   if problem == "other_config":
     config.train.epochs = 99
+  elif problem == "another_experiment":
+    config = config_lib.load("ladder_baseline")
   elif problem == "unfinished":
     summary = None
   elif problem == "same_seed":
