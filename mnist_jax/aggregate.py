@@ -12,7 +12,6 @@ table that experiments/RESULTS.md holds, and the commands that reproduce it.
 
 import dataclasses
 import pathlib
-import statistics
 import sys
 from typing import Sequence
 
@@ -73,7 +72,7 @@ def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
         f"replicas are different experiments, not seeds of one. Its report.md compares them.")
   shared = dict(workdir=workdir, tested_epoch=summary.get("tested_epoch", summary["epochs"]),
                 train_seconds=summary["train_seconds"],
-                median_epoch_seconds=statistics.median(r["seconds"] for r in history))
+                median_epoch_seconds=float(np.median([r["seconds"] for r in history])))
   per_seed = summary.get("replicas", [{"seed": config.seed, **summary}])
   return [SeedResult(seed=r["seed"], metrics={m: r[m] for m in METRICS if m in r}, **shared)
           for r in per_seed]
