@@ -168,6 +168,19 @@ def test_adversarial_objectives_join_the_loss(tiny_config):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new.params))
 
 
+def test_adversarial_weights_of_zero_give_the_plain_step(tiny_config):
+  """vat_weight=0 and adversarial_alpha=1 weigh the extra term out, so the weights are wired in:
+  the step equals the plain one, however large the perturbation."""
+  batch = _batch(device_data(tiny_config), 0, 64)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  plain, _ = train.train_step(state, batch, jax.random.key(1))
+  for objective in (train.Objective(vat_epsilon=2.0, vat_xi=1e-2, vat_iterations=2, vat_weight=0.0),
+                    train.Objective(adversarial_epsilon=0.3, adversarial_alpha=1.0)):
+    new, _ = train.train_step(state, batch, jax.random.key(1), objective)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(plain.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=str(objective))
+
+
 def test_quickstart_notebook_runs_to_the_end(tmp_path, monkeypatch):
   import nbformat  # pylint: disable=import-outside-toplevel
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
