@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv (once) and run the main job, or the tests.
 #   ./run.sh                  train adam_mlp (tutorial T0)
-#   ./run.sh test [ARGS]      run the test suite (ARGS go to pytest)
+#   ./run.sh test [ARGS]      the fast test tier, a few minutes (ARGS go to pytest)
+#   ./run.sh test --all       every test, the slow tier too (what CI runs)
 #   ./run.sh bench [ARGS]     install requirements-bench.txt (Keras, TensorFlow, PyTorch) into .venv
 #                             and run python -m experiments.benchmarks.benchmark ARGS (README.md, Benchmark)
 #   ./run.sh ARGS             python -m mnist_jax.main ARGS, e.g. ./run.sh --config=rmsprop_mlp
@@ -14,12 +15,17 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.ins
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt
+  .venv/bin/python -m pip install --quiet --no-deps -e .  # the package itself, editable
   cp requirements.txt .venv/requirements.installed
 fi
 export PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "test" ]; then
   shift
+  if [ "${1:-}" = "--all" ]; then
+    shift
+    set -- -m "" "$@"  # pyproject.toml's default selection is -m "not slow"
+  fi
   exec .venv/bin/python -m pytest tests "$@"
 elif [ "${1:-}" = "bench" ]; then
   shift

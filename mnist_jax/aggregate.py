@@ -12,23 +12,19 @@ table that experiments/RESULTS.md holds, and the commands that reproduce it.
 
 import dataclasses
 import pathlib
-import sys
 from typing import Sequence
 
 import numpy as np
 
+from mnist_jax import cli, report
 from mnist_jax import config as config_lib
-from mnist_jax import report
 from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import AggregateError
 
 SEED_FIELDS = ("seed", "num_seeds")  # all that may differ between the runs of one experiment
 # summary.json's per-seed test metrics, with their column names.
 METRICS = {"test_accuracy": "test accuracy", "test_loss": "test loss",
            "test_adversarial_accuracy": "test accuracy under FGSM attacks"}
-
-
-class AggregateError(ValueError):
-  """Runs that do not make one experiment's seeds; the message says why and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,13 +141,15 @@ def markdown(result: Aggregate) -> str:
   ])
 
 
-def main(argv):
-  try:
-    print(markdown(aggregate(argv[1:])))
-  except (AggregateError, workdir_lib.RunError) as e:
-    sys.exit(f"ERROR: {e}")
+def main(workdirs: list[str]) -> int:
+  print(markdown(aggregate(workdirs)))
+  return 0
+
+
+def run(argv: Sequence[str]) -> int:
+  """The program, in this process: `run(["aggregate", "runs/a", "runs/b"])` -> exit code."""
+  return cli.run(main, argv)
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
-  app.run(main)
+  cli.start(main)

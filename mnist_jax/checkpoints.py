@@ -18,16 +18,14 @@ from typing import Optional
 
 import flax.serialization
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
+
+from mnist_jax import parallel
+from mnist_jax.errors import CheckpointError
 
 log = logging.getLogger("mnist_jax")
 
 _ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax saves into <epoch>.orbax-checkpoint-tmp*
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that exists but cannot be used for this config."""
 
 
 class Checkpointer:
@@ -51,7 +49,7 @@ class Checkpointer:
     checkpoint's own: the next epoch may reuse (donate) the state's device buffers.
     """
     self.wait()
-    host_copy = jax.tree.map(_host_copy, _state_dict(state))
+    host_copy = parallel.to_host(_state_dict(state), copy=True)
     with self._writing():
       if epoch in self._manager.all_steps():
         self._manager.delete(epoch)
@@ -144,11 +142,6 @@ class Checkpointer:
 # Fields left out of a checkpoint while they hold this empty value: a run without a moving
 # average of its weights saves exactly what runs saved before that option existed.
 _UNSAVED = {"ema_params": {}}
-
-
-def _host_copy(x):
-  """A numpy copy (never a view of a device buffer); of a replicated array, this host's copy."""
-  return np.array(x.addressable_data(0) if isinstance(x, jax.Array) else x)
 
 
 def _state_dict(state) -> dict:

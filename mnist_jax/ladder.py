@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.cpu_tuning import dense_dot_general
+from mnist_jax.layers import ACTIVATIONS, HIDDEN_BATCHNORM, HIDDEN_DENSE, LOGITS, LOGITS_BATCHNORM
 
 # The authors' initialisation, randn(fan_in, fan_out) / sqrt(fan_in), for the encoder and decoder.
 KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -129,7 +130,7 @@ def _per_layer(value, count: int, what: str) -> tuple:
 class LadderMLP(nn.Module):
   """Dense Ladder network: the encoder 784-hidden_sizes-num_classes, the decoder its mirror.
 
-  Calling convention as `models.MLP`: images (N, 28, 28) or (N, 784); `mask` (N,) marks real
+  Called like `models.MLP`: images (N, 28, 28) or (N, 784); `mask` (N,) marks real
   examples (padding enters no batch statistic and no cost); the noise comes from the "dropout" rng.
   `train=True` (which needs "batch_stats" mutable, as flax's BatchNorm does, for the clean pass's
   running averages) returns the corrupted pass's logits and, when "losses" is mutable, sows there
@@ -162,13 +163,6 @@ class LadderMLP(nn.Module):
   batchnorm_epsilon: float = 1e-10  # the authors' value, everywhere they standardise
   always_decode: bool = False
 
-  @classmethod
-  def from_config(cls, model_config) -> "LadderMLP":
-    """The module with the fields of `model_config` it has (the others belong to other models)."""
-    fields = set(cls.__dataclass_fields__) - {"parent", "name"}
-    return cls(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                  for k, v in model_config.items() if k in fields})
-
   @property
   def num_layers(self) -> int:
     """L: the number of Dense layers; the denoising costs are indexed 0 (input) ... L."""
@@ -184,9 +178,6 @@ class LadderMLP(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False, mask: Optional[jax.Array] = None):
-    # Imported here: models.py imports this module to register LadderMLP.
-    from mnist_jax.models import (  # pylint: disable=import-outside-toplevel
-        ACTIVATIONS, HIDDEN_BATCHNORM, HIDDEN_DENSE, LOGITS, LOGITS_BATCHNORM)
     if self.combinator not in COMBINATORS:
       raise ValueError(f"Unknown combinator {self.combinator!r}: use one of {COMBINATORS}.")
     num_layers = self.num_layers

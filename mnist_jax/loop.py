@@ -5,34 +5,26 @@ newest usable checkpoint, train epoch after epoch (each one compiled call), reco
 each epoch, stop on signals, divergence or exhausted patience, then test and write the summary.
 """
 
-import dataclasses
+import datetime
 import logging
 import math
-import os
 import pathlib
 import signal
+import statistics
 import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import checkpoints, data, models, optim, parallel, replicas, train
+from mnist_jax import checkpoints, early_stopping, optim, parallel, tensorboard, train
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.config import ConfigError
+from mnist_jax.errors import RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host
 from mnist_jax.train import summarize
+from mnist_jax.trainer import Trainer
 
 log = logging.getLogger("mnist_jax")
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite."""
-
-
-class RunInterrupted(RuntimeError):
-  """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = False):
@@ -43,29 +35,29 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = Fa
   and restore_best: the best epoch's) and the history (dict of per-epoch lists, like Keras's).
   """
   workdir = pathlib.Path(workdir)
-  with workdir_lib.lock(workdir), matmul_precision(config):
+  with workdir_lib.lock(workdir), train.matmul_precision(config):
     workdir_lib.check(workdir, config, overwrite)
-    setup = Setup.create(config)  # the data is checked against the config before anything is written
+    trainer = Trainer.create(config)  # data checked against the config before anything is written
     workdir_lib.prepare(workdir, config, overwrite)
-    _log_model(setup, config)
+    trainer.log_model()
     try:
-      return _train_and_test(config, workdir, setup)
+      return _train_and_test(config, workdir, trainer)
     except OSError as e:  # disk full, I/O error, read-only: the checkpoints before are intact
       raise workdir_lib.write_error(pathlib.Path(e.filename or workdir), e) from None
 
 
-def _train_and_test(config, workdir: pathlib.Path, setup: "Setup"):
+def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
   """Resume, train the remaining epochs, test, write summary.json; returns what the caller does."""
   checkpointer = checkpoints.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
                                           config.train.keep_checkpoints)
-  best_checkpointer = (None if setup.val is None else checkpoints.Checkpointer(
+  best_checkpointer = (None if trainer.val is None else checkpoints.Checkpointer(
       workdir / workdir_lib.BEST_CHECKPOINTS, keep=1))
   try:  # closing waits for the checkpoint being written in the background, also on errors
-    state, epoch, history = _resume(workdir, setup.state, checkpointer, best_checkpointer)
-    state, epoch, history = _train_epochs(config, workdir, setup, state, epoch, history,
+    state, epoch, history = _resume(workdir, trainer.state, checkpointer, best_checkpointer)
+    state, epoch, history = _train_epochs(config, workdir, trainer, state, epoch, history,
                                           checkpointer, best_checkpointer)
-    best = best_epoch(history, config.train.monitor)
-    stopped_early = _patience_exhausted(best, config.train.early_stopping_patience)
+    best = early_stopping.best_epoch(history, config.train.monitor)
+    stopped_early = early_stopping.patience_exhausted(best, config.train.early_stopping_patience)
     if stopped_early:
       log.info("Early stopping after epoch %d: %s has not improved for %d epochs (best %.4f, "
                "epoch %d).", epoch, config.train.monitor, best.waited, best.value, best.epoch)
@@ -75,14 +67,12 @@ def _train_and_test(config, workdir: pathlib.Path, setup: "Setup"):
       state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
     # Evaluated while the last checkpoint is written; the run is marked finished (summary.json)
     # only once it is complete.
-    test_metrics = summarize(setup.functions.evaluate(
-        state, setup.test.images, setup.test.labels, config.train.eval_batch_size, setup.mesh,
-        config.train.adversarial_epsilon))
+    test_metrics = summarize(trainer.evaluate(state, trainer.test))
   finally:
     for each in (checkpointer, best_checkpointer):
       if each is not None:
         each.close()
-  summary = _summary(config, setup, history, test_metrics, best, stopped_early,
+  summary = _summary(config, trainer, history, test_metrics, best, stopped_early,
                      epoch=epoch, tested_epoch=tested_epoch, steps=steps)
   workdir_lib.write_summary(workdir, summary)
   log.info("Test loss: %.4f - test accuracy: %.4f (parameters of epoch %d)",
@@ -92,95 +82,7 @@ def _train_and_test(config, workdir: pathlib.Path, setup: "Setup"):
 
 
 # ---------------------------------------------------------------------------------------------
-# Set-up
-
-MATMUL_PRECISIONS = ("default", "high", "highest")  # config.matmul_precision
-
-
-def matmul_precision(config):
-  """The config's float32 matmul precision, for everything traced inside the `with` block."""
-  return jax.default_matmul_precision(config.matmul_precision)
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """Everything a run trains with: its splits on the devices, the mesh, state and functions."""
-  splits: data.Splits
-  mesh: jax.sharding.Mesh
-  train: parallel.DeviceData
-  val: Optional[parallel.DeviceData]
-  test: parallel.DeviceData
-  steps_per_epoch: int
-  functions: replicas.RunFunctions
-  state: object  # functions.state, placed on the mesh
-
-  @classmethod
-  def create(cls, config) -> "Setup":
-    """Load the splits, place them on the mesh, build the run's state and functions."""
-    splits = _load_splits(config)
-    input_dim = math.prod(splits.train.images.shape[1:])
-    _check_fits_in_memory(config, input_dim)
-    mesh = parallel.make_mesh(config.mesh.num_devices)
-    if mesh.size > 1:
-      log.info("Data parallel over %d devices: each batch of %d is split %s.", mesh.size,
-               config.train.batch_size,
-               "evenly" if config.train.batch_size % mesh.size == 0 else "unevenly (XLA pads it)")
-    put = lambda split: (None if split is None else
-                         parallel.DeviceData.put(split, config.data.preprocess, mesh))
-    train, val, test = put(splits.train), put(splits.val), put(splits.test)
-    steps_per_epoch = math.ceil(len(train) / config.train.batch_size)
-    functions = replicas.init_run(config, input_dim, steps_per_epoch)
-    return cls(splits, mesh, train, val, test, steps_per_epoch, functions,
-               parallel.put_replicated(functions.state, mesh))
-
-
-def _load_splits(config) -> data.Splits:
-  splits = data.load(config.data)
-  log.info("Data: %s; train %s, val %s, test %s", splits.source, splits.train.images.shape,
-           None if splits.val is None else splits.val.images.shape, splits.test.images.shape)
-  labels = max(int(split.labels.max()) for split in (splits.train, splits.test) if len(split))
-  if labels >= config.model.num_classes:
-    raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but the data has "
-                      f"labels up to {labels}. Set it to {labels + 1} (or more).")
-  if config.train.batch_size > len(splits.train):
-    raise ConfigError(f"config.train.batch_size={config.train.batch_size} is larger than the "
-                      f"training set ({len(splits.train)} examples). Use a smaller batch size.")
-  return splits
-
-
-def _check_fits_in_memory(config, input_dim: int) -> None:
-  """Refuse a model whose training state cannot fit (a typo such as hidden_sizes=1000000, or
-  num_seeds=100000) with one paragraph, before allocating it: the parameters of every replica,
-  counted abstractly, times 5 (gradients, two optimizer moments, a moving average), against half
-  of the first device's memory (the host's on CPU)."""
-  shapes = jax.eval_shape(lambda: models.build(config.model).init(
-      {"params": jax.random.key(0)}, jnp.zeros((1, input_dim)), train=False))
-  num_replicas = len(replicas.replica_settings(config))
-  need = 5 * 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) * num_replicas
-  try:  # this process's first device; CPUs report nothing, and then the host's memory counts
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except  # a backend without memory statistics
-    stats = {}
-  have = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  if need > have / 2:
-    raise ConfigError(
-        f"This config's training state needs about {need / 2**30:.1f} GiB ({config.model.name} "
-        f"{tuple(config.model.hidden_sizes)}, {num_replicas} replica(s)), more than half of the "
-        f"{have / 2**30:.1f} GiB the device has. Use smaller "
-        f"config.model.hidden_sizes or fewer replicas (config.num_seeds, config.sweep).")
-
-
-def _log_model(setup: Setup, config) -> None:
-  one = setup.functions.one_model(setup.functions.state)
-  summary = models.summary(one.params, one.batch_stats, config.model)
-  if setup.functions.num_replicas == 1:
-    log.info("Model summary:\n%s", summary)
-    return
-  log.info("Model summary (each replica):\n%s", summary)
-  log.info("Training %d replicas in one vmapped program (seed, learning rate): %s",
-           setup.functions.num_replicas,
-           ", ".join(f"({r['seed']}, {r['learning_rate']:g})" for r in setup.functions.settings))
+# Resume
 
 
 def _resume(workdir: pathlib.Path, state, checkpointer: checkpoints.Checkpointer,
@@ -211,51 +113,54 @@ def _resume(workdir: pathlib.Path, state, checkpointer: checkpoints.Checkpointer
 # The epochs
 
 
-def _train_epochs(config, workdir, setup: Setup, state, epoch: int, history: list[dict],
+def _train_epochs(config, workdir, trainer: Trainer, state, epoch: int, history: list[dict],
                   checkpointer, best_checkpointer) -> tuple:
   """Train until the last epoch or exhausted patience; returns (state, epoch, history)."""
   epochs, patience, monitor = (config.train.epochs, config.train.early_stopping_patience,
                                config.train.monitor)
-  best = best_epoch(history, monitor)
+  best = early_stopping.best_epoch(history, monitor)
+  board = (tensorboard.Writer(workdir / workdir_lib.TENSORBOARD, trainer.functions.settings,
+                              history) if parallel.is_primary() else None)
+  seconds = []  # of this process's epochs: the first includes compilation
   with _StopSignals() as signals:
-    while epoch < epochs and not _patience_exhausted(best, patience):
+    while epoch < epochs and not early_stopping.patience_exhausted(best, patience):
       epoch += 1
-      state, record = _train_one_epoch(config, setup, state, epoch, checkpointer)
+      state, record = _train_one_epoch(config, trainer, state, epoch, checkpointer)
       history.append(record)
       workdir_lib.append_record(workdir, record)
-      log.info(_progress_line(record, epochs))
+      seconds.append(record["seconds"])
+      log.info(_progress_line(record, epochs, statistics.median(seconds[1:] or seconds)))
+      if board is not None:
+        board.write(record)
 
-      best = best_epoch(history, monitor)
+      best = early_stopping.best_epoch(history, monitor)
       if best is not None and best.epoch == epoch:  # written before the regular save: see _resume
         best_checkpointer.save(epoch, state)
         best_checkpointer.wait()
-      finished = epoch == epochs or _patience_exhausted(best, patience)
+      finished = epoch == epochs or early_stopping.patience_exhausted(best, patience)
       if finished or signals.received or epoch % config.train.checkpoint_every == 0:
         checkpointer.save(epoch, state)
       if signals.received and not finished:
         raise RunInterrupted(
             f"Stopped by {signals.received} after epoch {epoch} of {epochs}; checkpoint saved "
             f"in {checkpointer.directory}. Run the same command again to resume.")
+  if board is not None:
+    board.close()
   return state, epoch, history
 
 
-def _train_one_epoch(config, setup: Setup, state, epoch: int, checkpointer) -> tuple:
+def _train_one_epoch(config, trainer: Trainer, state, epoch: int, checkpointer) -> tuple:
   """One compiled epoch, its divergence check, validation and per-epoch record."""
   started = time.perf_counter()
-  fns = setup.functions
-  state, sums, first_bad = fns.train_epoch(state, setup.train.images, setup.train.labels,
-                                           fns.keys_of_epoch(epoch), config.train.batch_size,
-                                           train.Objective.from_config(config.train), setup.mesh)
+  state, sums, first_bad = trainer.train_epoch(state, epoch)
   metrics = summarize(sums)
-  _raise_if_diverged(state, first_bad, metrics["loss"], epoch, setup.steps_per_epoch,
+  _raise_if_diverged(state, first_bad, metrics["loss"], epoch, trainer.steps_per_epoch,
                      config.model.num_classes, checkpointer)
   record = {"epoch": epoch, "step": int(np.max(to_host(state.step)))}
   _add_metrics(record, "", {"learning_rate": to_host(optim.learning_rate(state.opt_state)).tolist()})
   _add_metrics(record, "train_", metrics)
-  if setup.val is not None:
-    _add_metrics(record, "val_", summarize(fns.evaluate(
-        state, setup.val.images, setup.val.labels, config.train.eval_batch_size, setup.mesh,
-        config.train.adversarial_epsilon)))
+  if trainer.val is not None:
+    _add_metrics(record, "val_", summarize(trainer.evaluate(state, trainer.val)))
   record["seconds"] = time.perf_counter() - started
   return state, record
 
@@ -269,8 +174,9 @@ def _add_metrics(record: dict, prefix: str, metrics: dict) -> None:
     record[prefix + name] = value
 
 
-def _progress_line(record: dict, epochs: int) -> str:
-  parts = [f"Epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f}s",
+def _progress_line(record: dict, epochs: int, seconds_per_epoch: float) -> str:
+  left = datetime.timedelta(seconds=round(seconds_per_epoch * (epochs - record["epoch"])))
+  parts = [f"Epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f}s", f"{left} left",
            f"loss: {record['train_loss']:.4f}", f"accuracy: {record['train_accuracy']:.4f}"]
   if "val_loss" in record:
     parts += [f"val_loss: {record['val_loss']:.4f}", f"val_accuracy: {record['val_accuracy']:.4f}"]
@@ -355,44 +261,10 @@ def _raise_if_diverged(state, first_bad, loss, epoch: int, steps_per_epoch: int,
 
 
 # ---------------------------------------------------------------------------------------------
-# Early stopping
+# Early stopping: the best epoch's checkpoint
 
 
-@dataclasses.dataclass(frozen=True)
-class Best:
-  """The best epoch so far by the monitored validation metric, and the epochs trained since."""
-  epoch: int
-  value: float
-  waited: int
-
-
-# config.train.monitor -> +1 if larger is better, -1 if smaller is.
-MONITORS = {"val_accuracy": 1.0, "val_loss": -1.0,
-            # with train.adversarial_epsilon: accuracy on the validation images' FGSM attacks
-            "val_adversarial_accuracy": 1.0}
-
-
-def best_epoch(history: list[dict], monitor: str) -> Optional[Best]:
-  """The best record of `history` by `monitor` (the first of equals); None without validation.
-
-  Derived from the per-epoch records alone, not kept in the checkpoint, so a resumed run
-  continues with exactly the patience counter an uninterrupted run has.
-  """
-  sign = MONITORS[monitor]
-  best = None
-  for record in history:
-    if monitor in record and (best is None or sign * record[monitor] > sign * best[monitor]):
-      best = record
-  if best is None:
-    return None
-  return Best(best["epoch"], best[monitor], history[-1]["epoch"] - best["epoch"])
-
-
-def _patience_exhausted(best: Optional[Best], patience: int) -> bool:
-  return patience > 0 and best is not None and best.waited >= patience
-
-
-def _restore_best(state, best: Best, best_checkpointer, last_epoch: int):
+def _restore_best(state, best: early_stopping.Best, best_checkpointer, last_epoch: int):
   """(state, epoch) of the best epoch's checkpoint; the last epoch's if it cannot be read."""
   restored = best_checkpointer.restore(state, epoch=best.epoch)
   if restored is None:
@@ -407,12 +279,12 @@ def _restore_best(state, best: Best, best_checkpointer, last_epoch: int):
 # The end
 
 
-def _summary(config, setup: Setup, history, test_metrics, best, stopped_early, *, epoch,
+def _summary(config, trainer: Trainer, history, test_metrics, best, stopped_early, *, epoch,
              tested_epoch, steps) -> dict:
   """summary.json: test metrics (per replica too), epochs, steps, time, the best epoch."""
   summary = {}
   _add_metrics(summary, "test_", test_metrics)
-  settings = setup.functions.settings
+  settings = trainer.functions.settings
   if len(settings) > 1:
     summary["test_accuracy_std"] = float(np.std(test_metrics["accuracy"]))
     per_replica = summary["replicas"]  # {"test_loss": [one per replica], ...}
@@ -424,7 +296,7 @@ def _summary(config, setup: Setup, history, test_metrics, best, stopped_early, *
     log.info("Mean over %d replicas: test accuracy %.4f +- %.4f (std)", len(settings),
              summary["test_accuracy"], summary["test_accuracy_std"])
   summary.update({"epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,
-                  "steps": steps, "data_source": setup.splits.source,
+                  "steps": steps, "data_source": trainer.splits.source,
                   "train_seconds": sum(r["seconds"] for r in history)})
   if best is not None:
     summary.update({"best_epoch": best.epoch, f"best_{config.train.monitor}": best.value})

@@ -1,9 +1,8 @@
-"""The multilayer perceptron, as a Flax linen module built from `config.model`, and its layer names.
+"""The multilayer perceptron (Flax linen), the registry of models, and their Keras-style summary.
 
-`ACTIVATIONS` and `KERNEL_INITS` are the registries config validation reads. The layer names
-(`dense_<i>`, `batchnorm_<i>`, `input_batchnorm`, `logits`, `logits_batchnorm`) are set here and
-read only here: `is_hidden_kernel` and `is_logits_kernel` (for max-norm) and `summary` (the
-Keras-style table) interpret them.
+`MODELS` maps config.model.name to a module class; `build` makes one from config.model's fields
+(`layers.from_config`). A model is called as `apply(variables, images, train=..., mask=...)` and
+returns logits.
 """
 
 from typing import Optional, Sequence
@@ -13,43 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import ladder
+from mnist_jax import ladder, layers, nnx_mlp
 from mnist_jax.cpu_tuning import dense_dot_general
-
-
-def maxout(x: jax.Array, pieces: int) -> jax.Array:
-  """Maxout units (Goodfellow et al. 2013): each unit is the max of `pieces` consecutive outputs
-  of its Dense layer, (..., units * pieces) -> (..., units), a learned convex piecewise-linear
-  activation."""
-  return x.reshape(*x.shape[:-1], -1, pieces).max(axis=-1)
-
-
-ACTIVATIONS = {
-    "relu": nn.relu,
-    "sigmoid": nn.sigmoid,
-    "tanh": jnp.tanh,
-    "gelu": nn.gelu,
-    "elu": nn.elu,
-    "swish": nn.swish,
-    "maxout": maxout,  # not elementwise: the Dense layer has config.model.maxout_pieces per unit
-}
-
-# Layer names: the parameter tree's top-level keys.
-INPUT_BATCHNORM, HIDDEN_DENSE, HIDDEN_BATCHNORM, LOGITS, LOGITS_BATCHNORM = (
-    "input_batchnorm", "dense", "batchnorm", "logits", "logits_batchnorm")
-
-KERNEL_INITS = {
-    "glorot_uniform": nn.initializers.glorot_uniform(),  # Keras Dense default
-    "glorot_normal": nn.initializers.glorot_normal(),
-    "he_uniform": nn.initializers.he_uniform(),
-    "he_normal": nn.initializers.he_normal(),
-    "lecun_uniform": nn.initializers.lecun_uniform(),
-    "lecun_normal": nn.initializers.lecun_normal(),  # Flax Dense default
-    # U(-0.005, 0.005), whatever the layer's size: pylearn2's `irange: .005` of Goodfellow et
-    # al.'s maxout networks.
-    "uniform_0.005": lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-        key, shape, dtype, -0.005, 0.005),
-}
+from mnist_jax.layers import (
+  ACTIVATIONS,
+  HIDDEN_BATCHNORM,
+  HIDDEN_DENSE,
+  INPUT_BATCHNORM,
+  KERNEL_INITS,
+  LOGITS,
+  LOGITS_BATCHNORM,
+  maxout,
+)
 
 
 class MLP(nn.Module):
@@ -76,13 +50,6 @@ class MLP(nn.Module):
   batchnorm_epsilon: float = 1e-3
   kernel_init: str = "glorot_uniform"
   num_classes: int = 10
-
-  @classmethod
-  def from_config(cls, model_config) -> "MLP":
-    """The module with the fields of `model_config` it has (the others belong to other models)."""
-    fields = set(cls.__dataclass_fields__) - {"parent", "name"}
-    return cls(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                  for k, v in model_config.items() if k in fields})
 
   @nn.compact
   def __call__(self, images, train: bool = False, mask: Optional[jax.Array] = None):
@@ -120,28 +87,16 @@ class MLP(nn.Module):
     return x + self.gaussian_noise * jax.random.normal(self.make_rng("dropout"), x.shape, x.dtype)
 
 
-# config.model.name -> the module class; each builds itself with `from_config(config.model)`.
-MODELS = {"mlp": MLP, "ladder": ladder.LadderMLP}
+# config.model.name -> the module class, built with the config.model fields it declares.
+MODELS = {"mlp": MLP, "ladder": ladder.LadderMLP, "nnx_mlp": nnx_mlp.NNXBridgeMLP}
 
 
 def build(model_config) -> nn.Module:
-  return MODELS[model_config.name].from_config(model_config)
+  return layers.from_config(MODELS[model_config.name], model_config)
 
 
 # ---------------------------------------------------------------------------------------------
-# What the layer names mean
-
-
-def is_hidden_kernel(path) -> bool:
-  """Whether a parameter path (from tree_map_with_path) is a hidden Dense layer's kernel."""
-  names = [getattr(k, "key", None) for k in path]
-  return names[-1] == "kernel" and str(names[0]).startswith(f"{HIDDEN_DENSE}_")
-
-
-def is_logits_kernel(path) -> bool:
-  """Whether a parameter path is the logits layer's kernel."""
-  names = [getattr(k, "key", None) for k in path]
-  return names[-1] == "kernel" and names[0] == LOGITS
+# The summary
 
 
 _TOP = 10**6  # the logits' position; a Ladder's decoder comes after it, top-down
@@ -154,16 +109,26 @@ def _layer_position(name: str) -> tuple:
   if name in (LOGITS, LOGITS_BATCHNORM):
     return (_TOP, len(name))
   kind, _, index = name.rpartition("_")
+  if not index.isdigit():
+    return (3 * _TOP, 0)  # a layer named otherwise: last, by name
   if kind in (HIDDEN_DENSE, HIDDEN_BATCHNORM):
     return (int(index), 0 if kind == HIDDEN_DENSE else 1)
   return (2 * _TOP - int(index), 0 if kind == "decoder" else 1)  # ladder.LadderMLP's decoder
 
 
+def _unwrap(tree: dict) -> dict:
+  """The layers of a variable tree, below a single wrapper (an NNX module's bridge) if any."""
+  while len(tree) == 1 and all(isinstance(v, dict) for v in next(iter(tree.values())).values()):
+    tree = next(iter(tree.values()))
+  return tree
+
+
 def summary(params, batch_stats, model_config) -> str:
   """A Keras-like table of the network: layer, output shape, parameter counts."""
+  params, batch_stats = _unwrap(params), _unwrap(batch_stats)
   rows = [("Layer", "Output shape", "Params")]
   trainable = non_trainable = 0
-  for name in sorted(params, key=_layer_position):
+  for name in sorted(params, key=lambda n: (_layer_position(n), n)):
     count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params[name]))
     stats = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(batch_stats.get(name, {})))
     trainable += count

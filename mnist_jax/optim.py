@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_jax import models
-from mnist_jax.config import ConfigError
+from mnist_jax import layers
+from mnist_jax.errors import ConfigError
 
 
 def _adam(c, learning_rate, momentum):
@@ -105,7 +105,7 @@ def max_norm_projection(max_norm: float, logits: bool = False) -> optax.Gradient
   `logits` (pylearn2's max_col_norm on the softmax layer, as in the maxout networks).
   """
   def project(path, update, param):
-    if not (models.is_hidden_kernel(path) or (logits and models.is_logits_kernel(path))):
+    if not (layers.is_hidden_kernel(path) or (logits and layers.is_logits_kernel(path))):
       return update
     new = param + update
     norms = jnp.sqrt(jnp.sum(new * new, axis=0, keepdims=True))

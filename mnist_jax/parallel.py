@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import data
-from mnist_jax.config import ConfigError
+from mnist_jax.errors import ConfigError
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
@@ -53,9 +53,12 @@ def shard_batch(batch: dict, mesh: Optional[jax.sharding.Mesh]) -> dict:
   return jax.lax.with_sharding_constraint(batch, sharding)
 
 
-def to_host(tree):
-  """numpy copies of (replicated) arrays, also of arrays that span the devices of several hosts."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x),
+def to_host(tree, copy: bool = False):
+  """numpy versions of (replicated) arrays, also of arrays that span the devices of several hosts:
+  this host's copy. `copy=True` never returns a view of a device buffer (which a donated state
+  may reuse)."""
+  as_numpy = np.array if copy else np.asarray
+  return jax.tree.map(lambda x: as_numpy(x.addressable_data(0) if isinstance(x, jax.Array) else x),
                       tree)
 
 

@@ -9,18 +9,21 @@ at the centre), then preprocessed exactly as the run's training images were.
 """
 
 import pathlib
-import sys
+from typing import Sequence
 
 import numpy as np
+from absl import flags
+
+from mnist_jax import cli
+from mnist_jax.errors import ConfigError, ImageError
+
+_INDEX = flags.DEFINE_integer("index", None, "Classify this test image instead of a file.")
+_SAVE = flags.DEFINE_string("save", None, "Also save the image and its probabilities as this PNG.")
 
 MNIST_SIZE = 28
 DIGIT_BOX = 20  # MNIST's digits fit a 20x20 box ...
 CENTRE = 14.0  # ... whose centre of mass sits at pixel (14, 14) (measured on MNIST's test set)
 INK_THRESHOLD = 0.1  # fraction of the strongest ink below which a pixel counts as background
-
-
-class ImageError(ValueError):
-  """A file that cannot be made into a digit; the message says why."""
 
 
 def read_image(path) -> np.ndarray:
@@ -82,38 +85,34 @@ def format_probabilities(probs: np.ndarray, label=None) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  from mnist_jax import checkpoints, data, figures, report  # pylint: disable=import-outside-toplevel
+def main(paths: list[str]) -> int:
+  from mnist_jax import figures, report  # pylint: disable=import-outside-toplevel
   from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  paths = argv[1:]
   if len(paths) + (_INDEX.value is not None) != 1:
-    sys.exit("ERROR: give one image file, or --index=N for a test image, e.g. "
-             "python -m mnist_jax.predict --workdir=runs/t3 my_digit.png")
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  try:
-    image = to_mnist(read_image(paths[0])) if paths else None  # a bad file fails before any loading
-    run = workdir_lib.load_run(_WORKDIR.value)
-    label = None
-    if image is None:
-      test = run.splits.test
-      if not 0 <= _INDEX.value < len(test):
-        raise ImageError(f"--index={_INDEX.value} is out of range: the test set has {len(test)} "
-                         f"images (0 to {len(test) - 1}).")
-      image, label = test.images[_INDEX.value], int(test.labels[_INDEX.value])
-    probs = report.probabilities(run, image[None])[0]
-  except (ImageError, workdir_lib.RunError, data.DataError, checkpoints.CheckpointError) as e:
-    sys.exit(f"ERROR: {e}")
+    raise ConfigError("Give one image file, or --index=N for a test image, e.g. "
+                      "python -m mnist_jax.predict --workdir=runs/t3 my_digit.png")
+  workdir = cli.require_workdir()
+  image = to_mnist(read_image(paths[0])) if paths else None  # a bad file fails before any loading
+  run = workdir_lib.load_run(workdir)
+  label = None
+  if image is None:
+    test = run.splits.test
+    if not 0 <= _INDEX.value < len(test):
+      raise ImageError(f"--index={_INDEX.value} is out of range: the test set has {len(test)} "
+                       f"images (0 to {len(test) - 1}).")
+    image, label = test.images[_INDEX.value], int(test.labels[_INDEX.value])
+  probs = report.probabilities(run, image[None])[0]
   print(format_probabilities(probs, label))
   if _SAVE.value:
     figures.save_figure(figures.prediction_figure(image, probs, label), pathlib.Path(_SAVE.value))
     print(f"Saved {_SAVE.value}")
+  return 0
+
+
+def run(argv: Sequence[str]) -> int:
+  """The program, in this process: `run(["predict", "--workdir=runs/t3", "x.png"])` -> exit code."""
+  return cli.run(main, argv)
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir of a trained run, e.g. runs/t3.",
-                                 required=True)
-  _INDEX = flags.DEFINE_integer("index", None, "Classify this test image instead of a file.")
-  _SAVE = flags.DEFINE_string("save", None, "Also save the image and its probabilities as this PNG.")
-  app.run(main)
+  cli.start(main)

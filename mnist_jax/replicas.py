@@ -9,12 +9,13 @@ same interface.
 
 import dataclasses
 import functools
+import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import cpu_tuning, optim, train
+from mnist_jax import cpu_tuning, data, optim, train
 
 
 def replica_settings(config) -> list[dict]:
@@ -82,11 +83,19 @@ class RunFunctions:
 
   def one_model(self, state, replica: int = 0) -> train.TrainState:
     """Replica `replica` of a (stacked) state; the state itself for a single model."""
-    return jax.tree.map(lambda x: x[replica], state) if self.num_replicas > 1 else state
+    return select(state, replica) if self.num_replicas > 1 else state
 
 
-def init_run(config, input_dim: int = 784, steps_per_epoch: Optional[int] = None) -> RunFunctions:
-  """The state, keys and compiled functions of a run of `config`: one model, or its replicas."""
+def select(states, replica: int):
+  """Replica `replica` of stacked states (or of anything with a leading replica axis)."""
+  return jax.tree.map(lambda x: x[replica], states)
+
+
+def init_run(config, train_split: data.Split) -> RunFunctions:
+  """The state, keys and compiled functions of a run of `config` on `train_split` (which gives
+  the input size, and the steps per epoch that schedules count in): one model, or its replicas."""
+  input_dim = math.prod(train_split.images.shape[1:])
+  steps_per_epoch = math.ceil(len(train_split) / config.train.batch_size)
   settings = replica_settings(config)
   if len(settings) == 1:
     keys = jax.jit(train.run_keys, static_argnums=1)(config.seed, config.rng_impl)

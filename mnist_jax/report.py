@@ -20,19 +20,20 @@ checkpoint) and (re)writes:
 The numbers come from `metrics.py`, the pictures from `figures.py`; this module writes the files.
 """
 
+import dataclasses
 import importlib
 import json
 import pathlib
 import shlex
-import shutil
-import sys
 from typing import Sequence
 
 import numpy as np
 
-from mnist_jax import checkpoints, data, figures, loop, metrics, models, train
+from mnist_jax import cli, data, figures, metrics, models, replicas, tensorboard, train
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import ConfigError
+from mnist_jax.paths import EXPERIMENTS_DIR
 
 FIGURES = {
     "curves.png": "loss and accuracy per epoch",
@@ -50,61 +51,15 @@ NUM_FIRST_TEST = 10
 def probabilities(run: workdir_lib.Run, images: np.ndarray) -> np.ndarray:
   """Softmax probabilities (N, classes) for uint8 images (N, H, W), preprocessed as in training."""
   x = data.preprocess(images, run.config.data.preprocess)
-  with loop.matmul_precision(run.config):
+  with train.matmul_precision(run.config):
     return np.asarray(train.predict_probabilities(run.state, x, run.config.train.eval_batch_size))
 
 
-# ---------------------------------------------------------------------------------------------
-# TensorBoard
-
-
-_TENSORBOARD_TAGS = {  # metrics.jsonl key -> (run, tag); Keras's layout, so TensorBoard overlays
-    "train_loss": ("train", "loss"),  # training and validation curves of the same tag
-    "train_accuracy": ("train", "accuracy"),
-    "learning_rate": ("train", "learning_rate"),
-    "val_loss": ("validation", "loss"),
-    "val_accuracy": ("validation", "accuracy"),
-}
-
-
-def _import_tensorboardx():
-  """tensorboardX imports torch, when installed, only to accept torch tensors (a second or more):
-  torch is hidden for the duration of this import; we pass plain floats."""
-  hide_torch = "torch" not in sys.modules
-  if hide_torch:
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
-  try:
-    import tensorboardX  # pylint: disable=import-outside-toplevel
-  finally:
-    if hide_torch:
-      del sys.modules["torch"]
-  return tensorboardX
-
-
 def preload() -> None:
-  """Import what the report draws and writes with (matplotlib, tensorboardX: about a second), e.g.
-  in a thread while the run trains, so the report at its end starts drawing at once."""
+  """Import what the report draws with (matplotlib: about a second), e.g. in a thread while the
+  run trains, so the report at its end starts drawing at once."""
   for module in ("matplotlib.figure", "matplotlib.ticker", "matplotlib.backends.backend_agg"):
     importlib.import_module(module)
-  _import_tensorboardx()
-
-
-def write_tensorboard(history: Sequence[dict], logdir: pathlib.Path) -> None:
-  """Per-epoch scalars as TensorBoard event files (tensorboardX: TensorFlow not needed).
-
-  Rewritten from metrics.jsonl each time, so a rebuilt report never duplicates points.
-  """
-  SummaryWriter = _import_tensorboardx().SummaryWriter  # pylint: disable=invalid-name
-  shutil.rmtree(logdir, ignore_errors=True)
-  writers = {}
-  for record in history:
-    for key, (run, tag) in _TENSORBOARD_TAGS.items():
-      if key in record:
-        if run not in writers:
-          writers[run] = SummaryWriter(logdir=str(logdir / run))
-        writers[run].add_scalar(tag, record[key], global_step=record["epoch"])
-  for writer in writers.values():
-    writer.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,13 +80,13 @@ def reproduce_command(config, workdir) -> str:
   for name in config_lib.available():
     try:  # a file that does not load here (being edited, or newer than this code) is no base
       base = config_lib.flatten(config_lib.load(name).to_dict())
-    except config_lib.ConfigError:
+    except ConfigError:
       continue
     overrides = {key: value for key, value in target.items() if base.get(key) != value}
     if best is None or len(overrides) < len(best[1]):
       best = (name, overrides)
   if best is None:
-    return f"# no config in {config_lib.EXPERIMENTS_DIR} loads; this run's is {workdir}/config.json"
+    return f"# no config in {EXPERIMENTS_DIR} loads; this run's is {workdir}/config.json"
   name, overrides = best
   args = [f"--config={name}"]
   args += [f"--config.{key}={_flag_value(value)}" for key, value in sorted(overrides.items())]
@@ -178,15 +133,33 @@ def _replicas_section(summary: dict) -> list[str]:
           ""]
 
 
-def markdown(run: workdir_lib.Run, probs: np.ndarray, report: dict, example: int) -> str:
-  """report.md: one page that reads top to bottom like a tutorial's notebook.
+@dataclasses.dataclass(frozen=True)
+class TestAnalysis:
+  """What the report shows of the test set, computed once from the run's probabilities."""
+  probs: np.ndarray  # (N, classes)
+  predictions: np.ndarray
+  confidence: np.ndarray
+  wrong: np.ndarray  # indices of the mistakes, most confident first
+  counts: np.ndarray  # confusion matrix, rows: true label
+  report: dict  # classification report
+  example: int  # the test digit shown beside its probabilities
 
-  Long by design: the page's template in the order it renders.
-  """
+  @classmethod
+  def of(cls, run: workdir_lib.Run, example: int) -> "TestAnalysis":
+    test, num_classes = run.splits.test, run.config.model.num_classes
+    probs = probabilities(run, test.images)
+    predictions = probs.argmax(-1)
+    return cls(probs, predictions, probs.max(-1), metrics.misclassified(test.labels, probs),
+               metrics.confusion_matrix(test.labels, predictions, num_classes),
+               metrics.classification_report(test.labels, predictions, num_classes), example)
+
+
+def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
+  """report.md: the page's template in the order it renders, like a tutorial's notebook."""
   test, config, history, workdir = run.splits.test, run.config, run.history, run.workdir
-  predictions = probs.argmax(-1)
-  confidence = probs.max(-1)
-  wrong = metrics.misclassified(test.labels, probs)
+  probs, predictions, wrong, example = (analysis.probs, analysis.predictions, analysis.wrong,
+                                        analysis.example)
+  report, confidence = analysis.report, analysis.confidence
   last = history[-1] if history else {"train_loss": float("nan"), "train_accuracy": float("nan")}
   # summary.json holds the numbers the training log printed; an unfinished run's are computed.
   test_loss = run.summary.get("test_loss", float(
@@ -306,23 +279,20 @@ def build(workdir) -> pathlib.Path:
   run = workdir_lib.load_run(workdir)
   (run.workdir / workdir_lib.REPORT).unlink(missing_ok=True)
   workdir, train_split, test = run.workdir, run.splits.train, run.splits.test
-  probs = probabilities(run, test.images)
-  predictions, confidence = probs.argmax(-1), probs.max(-1)
-  num_classes = run.config.model.num_classes
-  counts = metrics.confusion_matrix(test.labels, predictions, num_classes)
-  report = metrics.classification_report(test.labels, predictions, num_classes)
-  wrong = metrics.misclassified(test.labels, probs)
   # "Random" digits, as the tutorials showed, but the same ones each time a run's report is built.
   rng = np.random.RandomState(run.config.seed)
   samples = rng.choice(len(train_split), min(NUM_SAMPLES, len(train_split)), replace=False)
-  example = int(rng.randint(len(test)))
+  analysis = TestAnalysis.of(run, example=int(rng.randint(len(test))))
+  probs, predictions, confidence, wrong, counts, report, example = (
+      analysis.probs, analysis.predictions, analysis.confidence, analysis.wrong, analysis.counts,
+      analysis.report, analysis.example)
   shown = wrong[:MAX_MISCLASSIFIED_SHOWN]
   first = np.arange(min(NUM_FIRST_TEST, len(test)))
 
   pictures = {
       "curves.png": figures.curves_figure(run.history),
       "samples.png": figures.digit_grid_figure(
-          train_split.images[samples], [str(l) for l in train_split.labels[samples]],
+          train_split.images[samples], [str(label) for label in train_split.labels[samples]],
           columns=SAMPLE_COLUMNS, title="Training digits and their labels"),
       "confusion_matrix.png": figures.confusion_matrix_figure(counts),
       "misclassified.png": figures.digit_grid_figure(
@@ -344,27 +314,24 @@ def build(workdir) -> pathlib.Path:
   mistakes = [{"index": int(i), "label": int(test.labels[i]), "predicted": int(predictions[i]),
                "probability": round(float(confidence[i]), 6)} for i in wrong]
   (workdir / "misclassified.json").write_text(json.dumps(mistakes, indent=1) + "\n")
-  write_tensorboard(run.history, workdir / "tensorboard")
+  tensorboard.rewrite(workdir / workdir_lib.TENSORBOARD, replicas.replica_settings(run.config),
+                      run.history)
   path = workdir / workdir_lib.REPORT
-  workdir_lib.write_atomic(path, markdown(run, probs, report, example))
+  workdir_lib.write_atomic(path, markdown(run, analysis))
   return path
 
 
-def main(argv):
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  if len(argv) > 1:
-    sys.exit(f"ERROR: unexpected arguments {argv[1:]}; use --workdir=DIR.")
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  try:
-    path = build(_WORKDIR.value)
-  except (workdir_lib.RunError, data.DataError, checkpoints.CheckpointError) as e:
-    sys.exit(f"ERROR: {e}")
-  print(f"Report: {path}")
+def main(args: list[str]) -> int:
+  if args:
+    raise ConfigError(f"Unexpected arguments {args}: use --workdir=DIR.")
+  print(f"Report: {build(cli.require_workdir())}")
+  return 0
+
+
+def run(argv: Sequence[str]) -> int:
+  """The program, in this process: `run(["report", "--workdir=runs/t3"])` -> exit code."""
+  return cli.run(main, argv)
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  # Defined here, not at import: main.py and predict.py import this module and own their flags.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir of a run, e.g. runs/t3.",
-                                 required=True)
-  app.run(main)
+  cli.start(main)

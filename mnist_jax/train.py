@@ -260,7 +260,7 @@ def predict_probabilities(state: TrainState, images: jax.Array, batch_size: int 
 
 
 # ---------------------------------------------------------------------------------------------
-# Keys
+# Keys and precision
 
 # config.rng_impl -> jax's name. threefry: counter-based, the same bits on every platform and under
 # vmap as in a loop; rbg, unsafe_rbg: XLA's RngBitGenerator, cheaper bits (dropout masks) but
@@ -280,3 +280,11 @@ def run_keys(seed: int, impl: str = "threefry") -> dict[str, jax.Array]:
 
 def epoch_key(epochs_key: jax.Array, epoch: int) -> jax.Array:
   return jax.random.fold_in(epochs_key, epoch)
+
+
+MATMUL_PRECISIONS = ("default", "high", "highest")  # config.matmul_precision
+
+
+def matmul_precision(config):
+  """The config's float32 matmul precision, for everything traced inside the `with` block."""
+  return jax.default_matmul_precision(config.matmul_precision)

@@ -4,6 +4,7 @@
     <workdir>/metrics.jsonl      one JSON record per epoch, each epoch exactly once
     <workdir>/checkpoints/       orbax checkpoints of the whole TrainState, the last few epochs
     <workdir>/checkpoints_best/  with validation: the best epoch by config.train.monitor
+    <workdir>/tensorboard/       per-epoch scalars (mnist_jax.tensorboard), while it trains
     <workdir>/summary.json       test metrics; written last: its presence marks a finished run
     <workdir>/report.md, ...     the report (REPORT_FILES; mnist_jax.report writes them)
 
@@ -20,7 +21,6 @@ import dataclasses
 import errno
 import fcntl
 import json
-import math
 import os
 import pathlib
 import shutil
@@ -30,32 +30,21 @@ import time
 import jax
 import ml_collections
 
-from mnist_jax import checkpoints, config as config_lib, data, parallel, replicas, train
-from mnist_jax.config import ConfigError
+from mnist_jax import checkpoints, data, parallel, replicas, train
+from mnist_jax import config as config_lib
+from mnist_jax.errors import ConfigError, RunError, WorkdirBusy, WriteError
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINTS, BEST_CHECKPOINTS = "checkpoints", "checkpoints_best"
+TENSORBOARD = "tensorboard"  # scalars per epoch, written while the run trains
 REPORT = "report.md"  # written last by mnist_jax.report: its presence marks a complete report
-REPORT_FILES = (REPORT, "figures", "tensorboard", "classification_report.txt",
+REPORT_FILES = (REPORT, "figures", "classification_report.txt",
                 "classification_report.json", "confusion_matrix.csv", "misclassified.json")
 # What a run and its report write (and what --overwrite deletes).
-RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, SUMMARY, CONFIG) + REPORT_FILES
+RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, SUMMARY, CONFIG, TENSORBOARD) + REPORT_FILES
 
 
 LOCK = ".lock"
-
-
-class RunError(RuntimeError):
-  """A workdir that holds no usable run; the message says what is missing."""
-
-
-class WorkdirBusy(RuntimeError):
-  """Another live process holds the workdir's lock."""
-
-
-class WriteError(RuntimeError):
-  """A file of the run could not be written (disk full, I/O error, read-only)."""
-
 
 def write_error(path: pathlib.Path, error: OSError) -> WriteError:
   """One paragraph for a failed write: what, why, what is safe, what to do."""
@@ -295,16 +284,12 @@ def load_run(workdir, replica: int = 0) -> Run:
   workdir = pathlib.Path(workdir)
   config = load_config(workdir)
   splits = data.load(config.data)
-  # The template is the state the training loop built (input size and steps per epoch, which
-  # shape learning-rate schedules, come from the data), traced for its shapes only: compiling
-  # the initialisation would take seconds for values the checkpoint replaces.
-  input_dim = int(math.prod(splits.train.images.shape[1:]))
-  steps_per_epoch = math.ceil(len(splits.train) / config.train.batch_size)
   num_replicas = len(replicas.replica_settings(config))
   if not 0 <= replica < num_replicas:
     raise RunError(f"Replica {replica} does not exist: the run has {num_replicas}.")
-  template = jax.eval_shape(
-      lambda: replicas.init_run(config, input_dim, steps_per_epoch).state)
+  # The state the training loop built, traced for its shapes only: compiling the initialisation
+  # would take seconds for values the checkpoint replaces.
+  template = jax.eval_shape(lambda: replicas.init_run(config, splits.train).state)
   summary = read_summary(workdir)
   directory, epoch = workdir / CHECKPOINTS, None
   if summary.get("tested_epoch", summary.get("epochs")) != summary.get("epochs"):
@@ -320,6 +305,6 @@ def load_run(workdir, replica: int = 0) -> Run:
     raise RunError(f"No usable checkpoint in {directory}: train the run (again) to make one.")
   state, epoch = restored
   if num_replicas > 1:
-    state = jax.tree.map(lambda x: x[replica], state)
+    state = replicas.select(state, replica)
   history = [r for r in read_metrics(workdir) if r["epoch"] <= epoch]
   return Run(workdir, config, state, epoch, splits, history, summary)

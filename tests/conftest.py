@@ -1,16 +1,61 @@
+"""Shared fixtures. Tests run in two tiers: `./run.sh test` (not marked slow: unit tests and
+in-process runs) and `./run.sh test --all` (also the `slow` ones: subprocesses, several processes,
+benchmarks, the notebook). Every test and every process it starts shares one persistent JAX
+compilation cache, so a program compiled once is loaded afterwards."""
+import contextlib
+import dataclasses
+import io
+import logging
 import os
 import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+COMPILATION_CACHE = os.environ.setdefault(  # read by the subprocesses' mnist_jax.main too
+    "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "mnist_jax" / "jax"))
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@dataclasses.dataclass
+class Result:
+  """What a finished command left: like subprocess.CompletedProcess."""
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def run_program(module: str, *args) -> Result:
+  """`python -m mnist_jax.MODULE ARGS`, called in this process (`MODULE.run(argv)`): its exit code
+  and what it printed. For the process itself (signals, exit by the OS) use `run_cli`."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  program = importlib.import_module(f"mnist_jax.{module}")
+  logger = logging.getLogger("mnist_jax")
+  saved = logger.handlers[:], logger.level, logger.propagate
+  out, err = io.StringIO(), io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = program.run([module, *args])
+  finally:
+    logger.handlers[:], logger.level, logger.propagate = saved
+  return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_main(*args, check=True) -> Result:
+  """`python -m mnist_jax.main ARGS`, in this process."""
+  result = run_program("main", *args)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+  return result
 
 
 def run_cli(*args, check=True, timeout=300, env=None):
-  """`python -m mnist_jax.main ARGS` in the repo, as a user runs it."""
+  """`python -m mnist_jax.main ARGS` as a process, as a user runs it."""
   result = subprocess.run([sys.executable, "-m", "mnist_jax.main", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -37,7 +82,7 @@ TINY_FLAGS = ("--config.data.source=idx", "--config.data.train_subset=600",
 
 
 def run_module(module, *args):
-  """`python -m mnist_jax.MODULE ARGS`, as a user runs it."""
+  """`python -m mnist_jax.MODULE ARGS` as a process, as a user runs it."""
   return subprocess.run([sys.executable, "-m", f"mnist_jax.{module}", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
 
@@ -47,10 +92,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-  """The workdir of one tiny CLI run of T1's model A (l2_rows preprocessing, a validation split),
+  """The workdir of one tiny run of T1's model A (l2_rows preprocessing, a validation split),
   report included: what the report and predict tests study."""
   workdir = tmp_path_factory.mktemp("run")
-  run_cli("--config=adam_mlp_784", f"--workdir={workdir}", *TINY_FLAGS)
+  run_main("--config=adam_mlp_784", f"--workdir={workdir}", *TINY_FLAGS)
   return workdir
 
 
@@ -87,7 +132,9 @@ def all_finite(tree) -> bool:
 def restore(workdir, subdir="checkpoints", epoch=None):
   """(state, epoch) of a run's newest checkpoint in `subdir` (or exactly `epoch`)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_jax import checkpoints, train, workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+
+  from mnist_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
+  from mnist_jax import workdir as workdir_lib
   config = workdir_lib.load_config(workdir)
   # Traced, not run: the checkpoint replaces the values, and compiling the init takes seconds.
   template = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), config))

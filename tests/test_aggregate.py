@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_clear_error, run_module
+from conftest import assert_clear_error, run_program
 from mnist_jax import aggregate
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
@@ -91,8 +91,8 @@ def test_runs_that_are_not_one_experiments_seeds_are_refused(tmp_path, problem):
 
 def test_cli_prints_the_table_and_refuses_bad_input_in_one_paragraph(tmp_path):
   run = fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.9936, "test_loss": 0.0233})
-  result = run_module("aggregate", str(run))
+  result = run_program("aggregate", str(run))
   assert result.returncode == 0, result.stderr
   assert "1 seed, test error 0.64% +- 0.00" in result.stdout
-  assert_clear_error(run_module("aggregate", str(run), str(tmp_path / "nothing")), 1,
+  assert_clear_error(run_program("aggregate", str(run), str(tmp_path / "nothing")), 1,
                      "is not the workdir of a run")

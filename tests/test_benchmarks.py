@@ -1,10 +1,16 @@
-"""The benchmark programs end to end, shrunk: few systems, one config, two epochs, a tiny peak."""
+"""The benchmark programs end to end, shrunk: few systems, one config, two epochs, a tiny peak.
+
+Slow tier: each measurement is a fresh process, as in a real benchmark."""
 
 import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def _run(module, *args):

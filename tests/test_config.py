@@ -4,6 +4,7 @@ import re
 import pytest
 
 from mnist_jax import config as config_lib
+from mnist_jax import validation
 
 
 def test_every_tutorial_config_loads_and_names_itself():
@@ -61,14 +62,14 @@ def test_invalid_values_are_named(field, value, message):
   *group, key = field.split(".")
   (config[group[0]] if group else config)[key] = value
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_every_problem_is_named_at_once():
   config = config_lib.load("adam_mlp")
   config.train.batch_size, config.train.epochs, config.model.activation = 0, 0, "softsign"
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.validate(config)
+    validation.validate(config)
   for phrase in ("batch_size=0", "epochs=0", "activation='softsign' is not one of relu"):
     assert phrase in str(error.value)
 
@@ -79,10 +80,10 @@ def test_choices_come_from_the_registries():
   config = config_lib.load("adam_mlp")
   config.optimizer.name = "lion_test"
   with pytest.raises(config_lib.ConfigError, match="lion_test"):
-    config_lib.validate(config)
+    validation.validate(config)
   optim.OPTIMIZERS["lion_test"] = lambda c, learning_rate: None
   try:
-    config_lib.validate(config)
+    validation.validate(config)
   finally:
     del optim.OPTIMIZERS["lion_test"]
 
@@ -110,4 +111,4 @@ def test_maxout_is_refused_for_the_ladder_model():
   config = config_lib.load("ladder_baseline")
   config.model.activation = "maxout"
   with pytest.raises(config_lib.ConfigError, match="'maxout' belongs to the mlp model"):
-    config_lib.validate(config)
+    validation.validate(config)

@@ -38,3 +38,15 @@ def test_dense_dot_general_takes_narrow_matmul_only_where_it_pays():
   assert ("custom_jvp_call" in jaxpr(x, narrow)) == on_cpu
   assert "custom_jvp_call" not in jaxpr(x, wide)
   assert "custom_jvp_call" not in jaxpr(jnp.ones((1024, 8)), narrow)  # large batches: jax's own
+
+
+def test_the_compiler_option_is_on_for_the_installed_jaxlib():
+  """COMPILER_OPTIONS holds an experimental XLA:CPU option, measured on jaxlib 0.10 and set only
+  there (another jaxlib may reject it). An upgrade fails here, loudly, instead of silently
+  dropping the tuning: measure the option on the new jaxlib (docs/benchmark.md), then update the
+  version gate in cpu_tuning._compiler_options."""
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  assert cpu_tuning.COMPILER_OPTIONS, (
+      f"jaxlib {jaxlib.__version__}: cpu_tuning sets no compiler option for this version")
+  compiled = cpu_tuning.jit(lambda x: x @ x).lower(jnp.ones((8, 8))).compile()
+  np.testing.assert_allclose(compiled(jnp.ones((8, 8))), np.full((8, 8), 8.0))

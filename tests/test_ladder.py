@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from mnist_jax import layers
 from mnist_jax.ladder import LadderMLP
 
 HIDDEN = (16,)
@@ -194,6 +195,6 @@ def test_config_errors():
     _param_shapes(LadderMLP(hidden_sizes=HIDDEN, denoising_weights=(1.0, 1.0)))
   with pytest.raises(ValueError, match="combinator"):
     _param_shapes(LadderMLP(hidden_sizes=HIDDEN, denoising_weights=WEIGHTS, combinator="amlp"))
-  model = LadderMLP.from_config({"name": "ladder", "hidden_sizes": [32, 16], "dropout": (),
-                                 "denoising_weights": [0, 0, 0, 1.0], "noise_std": 0.5})
+  model = layers.from_config(LadderMLP, {"name": "ladder", "hidden_sizes": [32, 16], "dropout": (),
+                                            "denoising_weights": [0, 0, 0, 1.0], "noise_std": 0.5})
   assert model.hidden_sizes == (32, 16) and model.noise_std == 0.5

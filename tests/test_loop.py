@@ -1,7 +1,8 @@
-"""train_and_evaluate: in-process end to end, interruption and exact resume, damaged checkpoints,
-divergence, early stopping.
+"""train_and_evaluate: end to end, interruption and exact resume, damaged checkpoints, write
+failures, divergence, early stopping.
 
-The CLI runs use small subsets; each subprocess still costs a few seconds of startup.
+Every interrupted run is compared with one uninterrupted run of the same command (`straight`);
+the `slow` tests kill real processes.
 """
 import json
 import re
@@ -15,9 +16,19 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (REPO, all_finite, assert_clear_error, records, restore, run_cli, without)
+from conftest import (
+  REPO,
+  all_finite,
+  assert_clear_error,
+  records,
+  restore,
+  run_cli,
+  run_main,
+  without,
+)
 from mnist_jax import config as config_lib
-from mnist_jax import loop
+from mnist_jax import early_stopping, loop
+from mnist_jax import workdir as workdir_lib
 
 # 8000 training and 2000 validation examples, input dropout (so dropout keys must resume too),
 # early stopping armed: about 0.2 s an epoch on a CPU, long enough for a kill to land mid-run.
@@ -27,9 +38,6 @@ RUN = ("--config=adam_mlp", "--config.data.source=idx", "--config.data.train_sub
        "--config.train.early_stopping_patience=2", "--noreport")
 EPOCHS = 6
 
-# A failed read of a damaged checkpoint leaves reports that the library hides from users
-# (checkpoints._silence_orbax_failure_reports), but pytest's own hook catches them first.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def test_train_and_evaluate_in_process(tiny_config, tmp_path):
@@ -84,7 +92,7 @@ def _assert_same_run(workdir, reference, epochs=EPOCHS):
 def straight(tmp_path_factory):
   """The workdir of an uninterrupted run of RUN."""
   workdir = tmp_path_factory.mktemp("straight")
-  run_cli(*RUN, f"--workdir={workdir}")
+  run_main(*RUN, f"--workdir={workdir}")
   return workdir
 
 
@@ -92,6 +100,7 @@ def straight(tmp_path_factory):
 # Interruption and resume
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(straight, tmp_path):
   workdir = tmp_path / "run"
   process = _start(workdir)
@@ -106,6 +115,7 @@ def test_sigkill_then_resume_equals_uninterrupted(straight, tmp_path):
   _assert_same_run(workdir, straight)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes_identically(straight, tmp_path):
   workdir = tmp_path / "run"
   process = _start(workdir)
@@ -134,7 +144,7 @@ def test_damaged_latest_checkpoint_and_unfinished_save_are_skipped(straight, tmp
   leftover.mkdir()
   (leftover / "half_written").write_bytes(b"\0" * 100)
 
-  result = run_cli(*RUN, f"--workdir={workdir}")
+  result = run_main(*RUN, f"--workdir={workdir}")
   assert f"Skipping the checkpoint of epoch {EPOCHS} in" in result.stdout
   assert f"Resuming from the checkpoint after epoch {EPOCHS - 1}" in result.stdout
   assert "Traceback" not in result.stderr, result.stderr
@@ -150,10 +160,10 @@ def test_huge_learning_rate_stops_with_epoch_step_and_keeps_last_good_checkpoint
   # One step an epoch, so epoch 1's loss is that of the initial parameters: always finite. (At
   # lr 1e6 the loss of this MLP can climb to 1e30 and, its ReLUs dead, come down again; at 1e12
   # it overflows on the third step for every seed.)
-  result = run_cli("--config=adam_mlp", "--config.data.source=idx", "--config.data.train_subset=32",
-                   "--config.train.epochs=5", "--config.optimizer.name=sgd",
-                   "--config.optimizer.learning_rate=1e12", "--noreport", f"--workdir={tmp_path}",
-                   check=False)
+  result = run_main("--config=adam_mlp", "--config.data.source=idx",
+                    "--config.data.train_subset=32", "--config.train.epochs=5",
+                    "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e12",
+                    "--noreport", f"--workdir={tmp_path}", check=False)
   assert_clear_error(result, 1, "Training diverged", "learning rate is too high",
                       "--config.optimizer.learning_rate=1e+11")
   where = re.search(r"at epoch (\d+)(, step 1 of 1)? \(learning rate 1e\+12\)", result.stderr)
@@ -174,9 +184,10 @@ def test_best_epoch_counts_patience_from_the_records():
              {"epoch": 2, "val_loss": 0.40, "val_accuracy": 0.80},
              {"epoch": 3, "val_loss": 0.45, "val_accuracy": 0.85},
              {"epoch": 4, "val_loss": 0.41, "val_accuracy": 0.85}]
-  assert loop.best_epoch(history, "val_loss") == loop.Best(epoch=2, value=0.40, waited=2)
-  assert loop.best_epoch(history, "val_accuracy") == loop.Best(epoch=3, value=0.85, waited=1)
-  assert loop.best_epoch([{"epoch": 1, "train_loss": 1.0}], "val_loss") is None
+  best, Best = early_stopping.best_epoch, early_stopping.Best  # pylint: disable=invalid-name
+  assert best(history, "val_loss") == Best(epoch=2, value=0.40, waited=2)
+  assert best(history, "val_accuracy") == Best(epoch=3, value=0.85, waited=1)
+  assert best([{"epoch": 1, "train_loss": 1.0}], "val_loss") is None
 
 
 def test_early_stopping_restores_best_and_resumes_exactly(tmp_path):
@@ -265,9 +276,9 @@ def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactl
 
 def test_exploding_but_finite_loss_stops_the_run(tmp_path):
   """rmsprop at learning rate 1e6 ends with a loss near 1e11, still finite: stopped like NaN."""
-  result = run_cli("--config=rmsprop_mlp", "--config.data.source=idx",
-                   "--config.data.train_subset=2048", "--config.optimizer.learning_rate=1e6",
-                   "--config.train.epochs=2", f"--workdir={tmp_path}", check=False)
+  result = run_main("--config=rmsprop_mlp", "--config.data.source=idx",
+                    "--config.data.train_subset=2048", "--config.optimizer.learning_rate=1e6",
+                    "--config.train.epochs=2", f"--workdir={tmp_path}", check=False)
   assert_clear_error(result, 1, "Training diverged: the epoch's mean training loss became",
                      "above 10 x log(10) = 23.0", "at epoch 1", "learning rate 1e+06",
                      "--config.optimizer.learning_rate=100000", "No checkpoint had been saved yet")
@@ -309,31 +320,26 @@ def _fail_once(monkeypatch, owner, name, when):
 
 
 @pytest.mark.parametrize("site", ["metrics", "checkpoint", "summary"])
-def test_a_failed_write_stops_clearly_and_the_same_call_resumes_exactly(tiny_config, tmp_path,
+def test_a_failed_write_stops_clearly_and_the_same_call_resumes_exactly(straight, tmp_path,
                                                                          monkeypatch, site):
-  from mnist_jax import checkpoints, workdir  # pylint: disable=import-outside-toplevel
-  tiny_config.train.epochs = 3
-  straight, _ = loop.train_and_evaluate(tiny_config, tmp_path / "straight")
+  from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  config = workdir_lib.load_config(straight)  # RUN's
   if site == "metrics":
-    failed = _fail_once(monkeypatch, workdir, "append_record", lambda w, r: r["epoch"] == 2)
+    failed = _fail_once(monkeypatch, workdir_lib, "append_record", lambda w, r: r["epoch"] == 2)
   elif site == "checkpoint":
     failed = _fail_once(monkeypatch, checkpoints.Checkpointer, "save", lambda c, epoch, s: epoch == 2)
   else:
-    failed = _fail_once(monkeypatch, workdir, "write_summary", lambda w, s: True)
+    failed = _fail_once(monkeypatch, workdir_lib, "write_summary", lambda w, s: True)
   run = tmp_path / "run"
-  with pytest.raises(workdir.WriteError, match=r"No space left on device.*checkpoints written "
-                     r"before are intact.*Free some space.*run the same command again"):
-    loop.train_and_evaluate(tiny_config, run)
+  with pytest.raises(workdir_lib.WriteError, match=r"No space left on device.*checkpoints "
+                     r"written before are intact.*Free some space.*run the same command again"):
+    loop.train_and_evaluate(config, run)
   assert failed["failed"] and not (run / "summary.json").exists()
-  resumed, _ = loop.train_and_evaluate(tiny_config, run)  # space freed: the same call again
-  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
-    np.testing.assert_array_equal(x, y)
-  assert [r["epoch"] for r in records(run)] == [1, 2, 3]
-  assert (without(json.loads((run / "summary.json").read_text()), "train_seconds")
-          == without(json.loads((tmp_path / "straight" / "summary.json").read_text()),
-                     "train_seconds"))
+  loop.train_and_evaluate(config, run)  # space freed: the same call again
+  _assert_same_run(run, straight)
 
 
+@pytest.mark.slow
 def test_a_genuinely_full_disk(tmp_path):
   """A 1.2 MB tmpfs fills up at the second checkpoint: one paragraph, no traceback; grown, the same
   command resumes and ends like a run on a roomy disk. Needs mount (root); skipped elsewhere."""

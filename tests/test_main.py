@@ -1,40 +1,45 @@
-"""The command line, as a user runs it: runs, overrides, and one clear paragraph for bad input."""
+"""The command line, as a user runs it: runs, overrides, and one clear paragraph for bad input.
+
+In this process through `main.run(argv)`; the `slow` tests start real processes."""
 import json
 import shutil
 
 import jax
 import numpy as np
+import pytest
 
-from conftest import REPO, TINY_FLAGS, assert_clear_error, restore, run_cli
+from conftest import REPO, TINY_FLAGS, assert_clear_error, restore, run_cli, run_main
 
 
 def test_cli_unknown_name_and_bad_override_fail_clearly():
-  result = run_cli("--config=nope", check=False)
+  result = run_main("--config=nope", check=False)
   assert result.returncode != 0
   assert "Unknown config 'nope'" in result.stderr and "adam_mlp" in result.stderr
   assert "Traceback" not in result.stderr
 
-  result = run_cli("--config=adam_mlp", "--config.train.epoch=3", check=False)
+  result = run_main("--config=adam_mlp", "--config.train.epoch=3", check=False)
   assert result.returncode != 0
   assert "Bad --config override" in result.stderr and "epochs" in result.stderr
   assert "Traceback" not in result.stderr
 
-  result = run_cli("--config=adam_mlp", "--config.train.batch_size=-4", check=False)
+  result = run_main("--config=adam_mlp", "--config.train.batch_size=-4", check=False)
   assert result.returncode != 0 and "batch_size=-4 must be positive" in result.stderr
 
 
-def test_cli_end_to_end_run_is_reproducible(tmp_path):
+@pytest.mark.parametrize("run", [run_main, pytest.param(run_cli, marks=pytest.mark.slow)],
+                         ids=["in_process", "processes"])
+def test_cli_end_to_end_run_is_reproducible(tmp_path, run):
   runs = []
   for name in ("a", "b"):
     workdir = tmp_path / name
-    result = run_cli("--config=adam_mlp", f"--workdir={workdir}", *TINY_FLAGS)
+    result = run("--config=adam_mlp", f"--workdir={workdir}", *TINY_FLAGS)
     runs.append(workdir)
   out = result.stdout
   assert "Epoch 1/2" in out and "Epoch 2/2" in out and "Test loss" in out
   assert "Total params: 79,510" in out
   config = json.loads((runs[0] / "config.json").read_text())
   assert config["train"]["epochs"] == 2 and config["data"]["train_subset"] == 600
-  records = [json.loads(l) for l in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2]
   assert {"train_loss", "train_accuracy", "seconds", "learning_rate"} <= set(records[0])
   summary = json.loads((runs[0] / "summary.json").read_text())
@@ -46,7 +51,7 @@ def test_cli_end_to_end_run_is_reproducible(tmp_path):
 
 
 def test_cli_validation_and_overrides(tmp_path):
-  result = run_cli("--config=sgd_bn_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
+  result = run_main("--config=sgd_bn_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
                    "--config.train.epochs=1", "--config.model.hidden_sizes=16,8")
   assert "val_accuracy" in result.stdout
   assert "1,568 non-trainable" in result.stdout  # BatchNorm statistics
@@ -55,7 +60,7 @@ def test_cli_validation_and_overrides(tmp_path):
 
 
 def test_cli_names_every_out_of_range_value_at_once(tmp_path):
-  result = run_cli("--config=adam_mlp", "--config.train.batch_size=0",
+  result = run_main("--config=adam_mlp", "--config.train.batch_size=0",
                    "--config.optimizer.learning_rate=0", "--config.train.epochs=0",
                    "--config.model.input_dropout=1.0", "--config.data.validation_fraction=1.5",
                    f"--workdir={tmp_path}", check=False)
@@ -66,7 +71,7 @@ def test_cli_names_every_out_of_range_value_at_once(tmp_path):
 
 
 def test_cli_batch_larger_than_training_set(tmp_path):
-  result = run_cli("--config=adam_mlp", "--config.data.source=idx",
+  result = run_main("--config=adam_mlp", "--config.data.source=idx",
                    "--config.data.train_subset=100", "--config.train.batch_size=128",
                    f"--workdir={tmp_path}", check=False)
   assert_clear_error(result, 1, "batch_size=128 is larger than the training set (100 examples)")
@@ -78,7 +83,7 @@ def test_cli_corrupted_data_file(tmp_path):
   shutil.copytree(REPO / "data" / "mnist", idx_dir)
   labels = idx_dir / "t10k-labels-idx1-ubyte.gz"
   labels.write_bytes(labels.read_bytes()[:-100])  # truncated
-  result = run_cli("--config=adam_mlp", "--config.data.source=idx",
+  result = run_main("--config=adam_mlp", "--config.data.source=idx",
                    f"--config.data.idx_dir={idx_dir}", f"--workdir={tmp_path / 'run'}",
                    check=False)
   assert_clear_error(result, 1, f"Checksum mismatch for {labels}",
@@ -88,7 +93,7 @@ def test_cli_corrupted_data_file(tmp_path):
 def test_cli_unwritable_workdir(tmp_path):
   blocker = tmp_path / "a_file"  # a directory cannot be made under a file, even by root
   blocker.write_text("")
-  result = run_cli("--config=adam_mlp", "--config.data.source=idx",
+  result = run_main("--config=adam_mlp", "--config.data.source=idx",
                    f"--workdir={blocker / 'run'}", check=False)
   assert_clear_error(result, 1, f"Cannot write to workdir {blocker / 'run'}",
                       "Choose a writable --workdir")
@@ -98,7 +103,7 @@ def test_cli_config_file_with_a_syntax_error(tmp_path):
   path = tmp_path / "typo.py"
   path.write_text("from mnist_jax.config import default_config\ndef get_config():\n"
                   "  c = default_config(\n  return c\n")
-  result = run_cli(f"--config={path}", check=False)
+  result = run_main(f"--config={path}", check=False)
   assert_clear_error(result, 2, f"Config file {path} does not parse", "at line 3")
 
 
@@ -109,15 +114,15 @@ def test_cli_config_file_with_a_syntax_error(tmp_path):
 def test_the_same_command_completes_a_report_cut_short(tmp_path):
   """A run whose training finished but whose report did not (killed while writing it): the same
   command writes the report without training again, and refuses nothing."""
-  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport")
+  run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport")
   summary = (tmp_path / "summary.json").read_text()
   (tmp_path / "figures").mkdir()
   (tmp_path / "figures" / "curves.png").write_bytes(b"\x89PNG half")  # what a kill leaves
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
   assert "not its complete report" in result.stdout and "Epoch" not in result.stdout
   assert (tmp_path / "report.md").exists() and (tmp_path / "summary.json").read_text() == summary
   assert (tmp_path / "figures" / "curves.png").stat().st_size > 5000
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
   assert result.returncode == 1 and "holds a finished run" in result.stderr  # now complete
 
 
@@ -135,52 +140,69 @@ def _override_values():
       st.text(max_size=6))
 
 
-def test_random_overrides_are_refused_clearly_or_train(tmp_path_factory):
-  """Random fields, random values of random types: each is refused before training with one
-  paragraph (no traceback), or the config trains a tiny subset for one epoch and leaves a
-  consistent workdir. Bounded: 20 examples, a 256-example subset."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def _fuzz(check, examples):
   from hypothesis import HealthCheck, given, settings  # pylint: disable=import-outside-toplevel
   from hypothesis import strategies as st  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from mnist_jax import config as config_lib, data, loop, main  # pylint: disable=import-outside-toplevel,multiple-imports
-  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  fields = sorted(config_lib.flatten(config_lib.default_config().to_dict()))
-  outcomes = {"refused": 0, "trained": 0, "stopped": 0}
 
-  @settings(max_examples=20, deadline=None, derandomize=True, database=None,
-            suppress_health_check=list(HealthCheck))
-  @given(field=st.sampled_from(fields), value=_override_values())
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  fields = sorted(config_lib.flatten(config_lib.default_config().to_dict()))
+  given(field=st.sampled_from(fields), value=_override_values())(
+      settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+               suppress_health_check=list(HealthCheck))(check))()
+
+
+def _parsed(field, value):
+  """The config of `--config=adam_mlp --config.FIELD=VALUE`, or the ConfigError's text."""
+  from mnist_jax import errors, main  # pylint: disable=import-outside-toplevel
+  try:
+    main.parse(["main", "--config=adam_mlp", f"--config.{field}={value}"])
+  except errors.ConfigError as e:
+    assert str(e).strip() and "Traceback" not in str(e), (field, value, str(e))
+    return str(e)
+  return main._CONFIG.value  # pylint: disable=protected-access
+
+
+def test_random_overrides_are_refused_clearly_or_accepted():
+  """Random fields, random values of random types: each is refused with one paragraph (a
+  ConfigError, never another exception), or accepted as a config that validates."""
+  outcomes = {"refused": 0, "accepted": 0}
+
   def check(field, value):
-    argv = ["main", "--config=adam_mlp", f"--config.{field}={value}"]
-    flag_values = flags.FlagValues()  # as main.py defines it, but for these arguments
-    config_flag = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                                  lock_config=True, sys_argv=argv)
-    try:
-      main.parse_command_line(argv, flag_values, config_flag)
-    except config_lib.ConfigError as e:
-      assert str(e).strip() and "Traceback" not in str(e), (field, value, str(e))
-      outcomes["refused"] += 1
+    outcomes["refused" if isinstance(_parsed(field, value), str) else "accepted"] += 1
+
+  _fuzz(check, examples=200)
+  assert outcomes["refused"] and outcomes["accepted"], outcomes  # both paths were exercised
+
+
+@pytest.mark.slow
+def test_accepted_random_overrides_train(tmp_path_factory):
+  """What the parser accepts trains: a tiny subset for one epoch leaves a consistent workdir, or
+  stops before training with one paragraph. Bounded: 20 examples, a 256-example subset."""
+  from mnist_jax import errors, loop, validation  # pylint: disable=import-outside-toplevel
+  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  trained = []
+
+  def check(field, value):
+    config = _parsed(field, value)
+    if isinstance(config, str):
       return
-    config = config_flag.value
     with config.unlocked():  # tiny, whatever the override asked for
       config.data.train_subset, config.train.epochs = 256, 1
       config.train.batch_size = min(config.train.batch_size, 256)
       config.train.early_stopping_patience = min(config.train.early_stopping_patience, 1)
-    config_lib.validate(config)
+    validation.validate(config)
     workdir = tmp_path_factory.mktemp("fuzz")
     try:
       loop.train_and_evaluate(config, workdir)
-    except (config_lib.ConfigError, data.DataError, loop.TrainingDiverged) as e:
+    except errors.Error as e:
       assert str(e).strip() and "Traceback" not in str(e), (field, value, str(e))
-      outcomes["stopped"] += 1
       return
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1], (field, value)
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["epochs"] == 1 and 0 <= summary["test_accuracy"] <= 1, (field, value)
     assert workdir_lib.load_config(workdir).to_dict() == config.to_dict()
-    outcomes["trained"] += 1
+    trained.append(field)
 
-  check()
-  assert outcomes["refused"] and outcomes["trained"], outcomes  # both paths were exercised
+  _fuzz(check, examples=20)
+  assert trained

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import config as config_lib
-from mnist_jax import models, train
+from mnist_jax import models, train, validation
 
 # Parameter counts as Keras's model.summary() reports them (BatchNorm counts its moving statistics).
 KERAS_PARAMS = {
@@ -109,7 +109,7 @@ def test_the_ladder_model_trains_through_the_trainer(tiny_config):
   tiny_config.model.name, tiny_config.model.hidden_sizes = "ladder", (32, 16)
   tiny_config.model.denoising_weights = (1.0, 1.0, 0.1, 0.1)
   tiny_config.model.batchnorm_epsilon = 1e-10
-  config_lib.validate(tiny_config)
+  validation.validate(tiny_config)
   dd = device_data(tiny_config)
   state = train.create_train_state(jax.random.key(0), tiny_config)
   before = train.summarize(train.evaluate(state, dd.images, dd.labels))["loss"]
@@ -122,7 +122,7 @@ def test_the_ladder_model_trains_through_the_trainer(tiny_config):
   assert text.index("logits_batchnorm") < text.index("decoder_2") < text.index("decoder_0")
   tiny_config.model.denoising_weights = (1.0,)  # one weight for 4 layers
   with pytest.raises(config_lib.ConfigError, match="needs 4 values"):
-    config_lib.validate(tiny_config)
+    validation.validate(tiny_config)
 
 
 def test_maxout_units_are_the_max_of_their_pieces():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY_FLAGS, run_cli
+from conftest import TINY_FLAGS, run_main
 from mnist_jax import data, parallel, replicas, train
 from mnist_jax import workdir as workdir_lib
 
@@ -17,7 +17,8 @@ def subset():
   config = config_lib.load("adam_mlp_784_dropout")  # dropout: the keys matter
   config.data.source, config.data.train_subset = "idx", 384
   config.model.hidden_sizes, config.model.dropout = (32, 16), (0.2, 0.2)
-  return config, parallel.DeviceData.put(data.load(config.data).train, config.data.preprocess)
+  split = data.load(config.data).train
+  return config, parallel.DeviceData.put(split, config.data.preprocess), split
 
 
 def _single_run(config, seed, learning_rate, dd, epochs=2):
@@ -32,7 +33,7 @@ def _single_run(config, seed, learning_rate, dd, epochs=2):
 
 
 def test_replica_k_equals_single_run_with_seed_k(subset):
-  config, dd = subset
+  config, dd, _ = subset
   config = config.copy_and_resolve_references()
   config.num_seeds, config.sweep.learning_rate = 3, (1e-3, 3e-3)
   settings = replicas.replica_settings(config)
@@ -41,7 +42,7 @@ def test_replica_k_equals_single_run_with_seed_k(subset):
   states = replicas.create_replica_states(config)
   seeds = jnp.array([r["seed"] for r in settings])
   for epoch in (1, 2):
-    keys = jax.vmap(lambda s: train.epoch_key(train.run_keys(s)["epochs"], epoch))(seeds)
+    keys = jax.vmap(lambda s, e=epoch: train.epoch_key(train.run_keys(s)["epochs"], e))(seeds)
     states, sums, first_bad = replicas.train_epoch_replicas(states, dd.images, dd.labels, keys, 64)
   assert sums["count"].shape == (6,) and np.all(np.asarray(first_bad) == -1)
   for k in (1, 5):
@@ -56,11 +57,11 @@ def test_replica_k_equals_single_run_with_seed_k(subset):
 
 
 def test_init_run_has_one_interface_for_one_model_and_many(subset):
-  config, dd = subset
+  config, dd, split = subset
   for num_seeds in (1, 2):
     config = config.copy_and_resolve_references()
     config.num_seeds = num_seeds
-    fns = replicas.init_run(config)
+    fns = replicas.init_run(config, split)
     assert fns.num_replicas == num_seeds
     state, sums, _ = fns.train_epoch(fns.state, dd.images, dd.labels, fns.keys_of_epoch(1), 64)
     assert np.shape(sums["count"]) == (() if num_seeds == 1 else (num_seeds,))
@@ -69,7 +70,7 @@ def test_init_run_has_one_interface_for_one_model_and_many(subset):
 
 
 def test_cli_many_seeds_reports_each_replica_and_mean_std(tmp_path):
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport",
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport",
                    "--config.num_seeds=3")
   assert "Training 3 replicas" in result.stdout and "Mean over 3 replicas" in result.stdout
   summary = json.loads((tmp_path / "summary.json").read_text())

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import PNG_SIGNATURE, TINY_FLAGS, run_module
+from conftest import PNG_SIGNATURE, TINY_FLAGS, run_program
 from mnist_jax import config as config_lib
 from mnist_jax import report
 
@@ -80,7 +80,7 @@ def _read_scalars(directory: pathlib.Path) -> dict:
 
 def test_tensorboard_scalars_per_epoch(trained_run):
   workdir = trained_run
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   train = _read_scalars(workdir / "tensorboard" / "train")
   val = _read_scalars(workdir / "tensorboard" / "validation")
   assert set(train) == {"loss", "accuracy", "learning_rate"} and set(val) == {"loss", "accuracy"}
@@ -92,7 +92,7 @@ def test_tensorboard_scalars_per_epoch(trained_run):
 def test_report_cli_rebuilds_the_report(trained_run):
   workdir = trained_run
   (workdir / "report.md").unlink()
-  result = run_module("report", f"--workdir={workdir}")
+  result = run_program("report", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr
   assert (workdir / "report.md").exists()
   assert len(list((workdir / "tensorboard" / "train").iterdir())) == 1  # rewritten, not appended

@@ -174,6 +174,7 @@ def test_adversarial_objectives_join_the_loss(tiny_config):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=str(objective))
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_to_the_end(tmp_path, monkeypatch):
   import nbformat  # pylint: disable=import-outside-toplevel
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel

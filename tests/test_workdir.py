@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import TINY_FLAGS, run_cli
+from conftest import TINY_FLAGS, run_cli, run_main
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 
@@ -53,15 +53,15 @@ def test_overwrite_deletes_every_file_a_run_and_its_report_write(tmp_path):
 
 
 def test_finished_run_is_not_overwritten(tmp_path):
-  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
+  run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS)
   before = (tmp_path / "summary.json").read_text()
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, check=False)
   assert result.returncode != 0 and "holds a finished run" in result.stderr
   assert (tmp_path / "summary.json").read_text() == before
-  result = run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
                    "--config.seed=5", check=False)
   assert result.returncode != 0 and "different config" in result.stderr
-  run_cli("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--overwrite")
+  run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--overwrite")
 
 
 def test_a_directory_without_a_run_is_named(tmp_path):
@@ -73,10 +73,15 @@ def test_a_directory_without_a_run_is_named(tmp_path):
 # One writer per run
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_while_the_first_holds_the_workdir(tmp_path):
   """Two copies of one command (a scheduler's restart, a second terminal): the second refuses at
   once, naming the holder; the first trains on, and every epoch is recorded once."""
-  import signal, subprocess, sys, time  # pylint: disable=import-outside-toplevel,multiple-imports
+  import signal
+  import subprocess
+  import sys
+  import time  # pylint: disable=import-outside-toplevel,multiple-imports
+
   from conftest import REPO, assert_clear_error  # pylint: disable=import-outside-toplevel
   command = [sys.executable, "-m", "mnist_jax.main", "--config=adam_mlp",
              "--config.data.source=idx", "--config.train.epochs=100", "--noreport",
@@ -97,8 +102,12 @@ def test_a_second_process_is_refused_while_the_first_holds_the_workdir(tmp_path)
   assert epochs == list(range(1, len(epochs) + 1))  # each epoch once
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
-  import signal, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  import signal
+  import subprocess
+  import sys  # pylint: disable=import-outside-toplevel,multiple-imports
+
   from conftest import REPO  # pylint: disable=import-outside-toplevel
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time; from mnist_jax import workdir\n"

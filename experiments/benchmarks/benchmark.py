@@ -12,7 +12,7 @@ so machine noise spreads over all of them). Each run is a fresh subprocess of th
 system starts equally cold.
 
   mnist_jax  our trainer's own compiled epoch as `python -m mnist_jax.main` builds it
-             (`workers.time_epochs`: `loop.Setup`, replicas included), without the persistent
+             (`workers.time_epochs`: `trainer.Trainer`, replicas included), without the persistent
              compilation cache, so the first epoch includes a real compilation. Each epoch is
              timed to `jax.block_until_ready`.
   keras_tf   Keras 3, TensorFlow backend: Sequential of Dense layers, softmax output,
@@ -62,8 +62,8 @@ import tempfile
 import threading
 import time
 
-from experiments.benchmarks.workers import (REPO_ROOT, emit, jax_device_name, machine_info,
-                                            quiet_env, run_worker as _run_worker)
+from experiments.benchmarks.workers import REPO_ROOT, emit, jax_device_name, machine_info, quiet_env
+from experiments.benchmarks.workers import run_worker as _run_worker
 
 PROGRAM = "experiments.benchmarks.benchmark"
 
@@ -126,6 +126,7 @@ def peer_support(cfg, system: str) -> str:
 def worker_prepare(args) -> None:
   """Load and preprocess each config's splits exactly as mnist_jax does; save them as .npz."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from mnist_jax import data  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(args.arrays_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,7 @@ def worker_peak(args) -> None:
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from mnist_jax import cpu_tuning  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_enable_compilation_cache", False)
   n = args.peak_size
@@ -253,6 +255,7 @@ def worker_jax_scan(args) -> None:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+
   from mnist_jax.models import ACTIVATIONS  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_enable_compilation_cache", False)
   cfg = load_config(args.config)
@@ -513,7 +516,8 @@ def markdown(report: dict) -> str:
       ratio = "1.00x" if system == "mnist_jax" else (
           f"{ours / s['steady_median']:.2f}x" if ours and s.get("steady_median") else "n/a")
       accs = s["test_accuracy"]
-      acc = f"{accs[0]:.4f}" if len(accs) == 1 else f"{statistics.fmean(accs):.4f} ({min(accs):.4f}-{max(accs):.4f})"
+      acc = (f"{accs[0]:.4f}" if len(accs) == 1 else
+             f"{statistics.fmean(accs):.4f} ({min(accs):.4f}-{max(accs):.4f})")
       frac = s.get("fraction_of_peak")
       lines.append(
           f"| {name} | {system} | {s.get('device', '')} | {fmt(s['first_epoch_median'], '.2f')} "
@@ -682,7 +686,7 @@ def main(argv=None) -> int:
     shutil.rmtree(scratch, ignore_errors=True)
 
   peak = max(peak_samples, key=lambda r: r["gflops"]) if peak_samples else {}
-  for name, entry in results.items():
+  for entry in results.values():
     for s in systems:
       if entry["runs"][s] and "status" not in entry["systems"].get(s, {}):
         entry["systems"][s] = summarize_system(entry["runs"][s], entry["flops_per_epoch"],

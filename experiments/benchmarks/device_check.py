@@ -24,8 +24,15 @@ import sys
 import tempfile
 import time
 
-from experiments.benchmarks.workers import (REPO_ROOT, emit, jax_device_name, machine_info,
-                                            quiet_env, run_worker, time_epochs)
+from experiments.benchmarks.workers import (
+  REPO_ROOT,
+  emit,
+  jax_device_name,
+  machine_info,
+  quiet_env,
+  run_worker,
+  time_epochs,
+)
 
 PROGRAM = "experiments.benchmarks.device_check"
 TUTORIALS = ("adam_mlp", "adam_mlp_784", "adam_mlp_784_dropout", "rmsprop_mlp", "sigmoid_mlp",
@@ -44,6 +51,7 @@ def _params(workdir):
   """The last checkpoint's arrays as numpy, restored in this process."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   return [np.asarray(x) for x in jax.tree.leaves(workdir_lib.load_run(workdir).state)]
 

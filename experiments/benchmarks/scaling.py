@@ -33,6 +33,7 @@ PROGRAM = "experiments.benchmarks.scaling"
 def worker(args) -> None:
   """In a process whose device count is fixed: emit one record per measurement asked for."""
   import jax  # pylint: disable=import-outside-toplevel
+
   from experiments.benchmarks.workers import time_epochs  # pylint: disable=import-outside-toplevel
   from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   for seeds, devices in json.loads(args.measure):

@@ -100,36 +100,36 @@ def jax_device_name() -> str:
 
 def time_epochs(config, epochs: int) -> dict:
   """Seconds of each of `epochs` epochs of `config`, trained as `python -m mnist_jax.main` trains
-  it (`loop.Setup`: its data on the mesh, its state and compiled epoch, replicas included), each
+  it (`trainer.Trainer`: its data on the mesh, its state and compiled epoch, replicas included), each
   timed to `jax.block_until_ready`; without the persistent compilation cache, so the first epoch
   includes a real compilation. Also the last epoch's training metrics and the test metrics (means
   over replicas)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_jax import loop  # pylint: disable=import-outside-toplevel
+
+  from mnist_jax import train  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_enable_compilation_cache", False)
-  with loop.matmul_precision(config):
+  with train.matmul_precision(config):
     return _time_epochs(config, epochs)
 
 
 def _time_epochs(config, epochs: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mnist_jax import loop, train  # pylint: disable=import-outside-toplevel
-  setup = loop.Setup.create(config)
-  fns, state = setup.functions, setup.state
+
+  from mnist_jax import train  # pylint: disable=import-outside-toplevel
+  from mnist_jax.trainer import Trainer  # pylint: disable=import-outside-toplevel
+  trainer = Trainer.create(config)
+  state = trainer.state
   jax.block_until_ready(state)
   seconds, sums = [], None
   for epoch in range(1, epochs + 1):
     started = time.perf_counter()
-    state, sums, first_bad = fns.train_epoch(state, setup.train.images, setup.train.labels,
-                                             fns.keys_of_epoch(epoch), config.train.batch_size,
-                                             train.Objective.from_config(config.train), setup.mesh)
+    state, sums, first_bad = trainer.train_epoch(state, epoch)
     jax.block_until_ready((state, sums, first_bad))
     seconds.append(time.perf_counter() - started)
   metrics = train.summarize(sums)
-  test = train.summarize(fns.evaluate(state, setup.test.images, setup.test.labels,
-                                      config.train.eval_batch_size, setup.mesh))
+  test = train.summarize(trainer.evaluate(state, trainer.test))
   return {"epoch_seconds": seconds, "train_loss": float(np.mean(metrics["loss"])),
           "train_accuracy": float(np.mean(metrics["accuracy"])),
-          "test_accuracy": float(np.mean(test["accuracy"])), "replicas": fns.num_replicas,
-          "devices": setup.mesh.size, "device": jax_device_name()}
+          "test_accuracy": float(np.mean(test["accuracy"])), "replicas": trainer.functions.num_replicas,
+          "devices": trainer.mesh.size, "device": jax_device_name()}

@@ -1,0 +1,16 @@
+"""Where the repository keeps what a run reads. A leaf: it imports nothing of the package."""
+
+import pathlib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"  # --config=NAME is experiments/NAME.py
+DATA_DIR = REPO_ROOT / "data"  # data/<name> (IDX files), data/tfds (the tfds data_dir)
+
+
+def relative(path) -> str:
+  """`path` relative to the repository when inside it (shorter log lines), else as given."""
+  path = pathlib.Path(path)
+  try:
+    return str(path.resolve().relative_to(REPO_ROOT))
+  except ValueError:
+    return str(path)
