@@ -5,6 +5,8 @@ categorical cross-entropy, 5 epochs, batch 32, no validation. The notebook repor
 text remarks that test accuracy ends a little below training accuracy.
 
     python -m mnist_jax.main --config=adam_mlp
+
+Result: experiments/RESULTS.md (The five tutorials).
 """
 
 from mnist_jax.config import default_config

@@ -13,11 +13,8 @@ by 1.000004 every step (here 0.9976 per 600-step epoch, the same rate), momentum
 linearly to 0.7 over 250 epochs.
 
 One choice differs, the initial weights: Glorot-uniform instead of the authors' U(-0.005, 0.005)
-(`--config.model.kernel_init=uniform_0.005`). From those tiny weights our adversarial training does
-not leave the initial plateau: on the first 6,000 training images (240 units), 40 epochs (2,400
-steps) ended at chance (loss 2.3006), while the same net without the adversarial term left it
-after about 250 steps and the Glorot-initialised one with it trained from the first epoch (loss
-2.14 -> 1.14 in 6 epochs). Measured on training data only; the test set was not looked at.
+(`--config.model.kernel_init=uniform_0.005`), from which our adversarial training does not leave
+the initial plateau (measured on training data only: experiments/RESULTS.md, adversarial_maxout).
 
 The paper chose the number of epochs by early stopping on the adversarial validation error (the
 clean one was flat), then retrained on all 60,000 images for that many epochs. Step 1, on the last
@@ -38,6 +35,8 @@ Without step 1 the config trains 250 epochs: where the original 240-unit net's f
 momentum 0.694, i.e. after epoch 243 of 500 steps). Where ours differs: pylearn2 drops input pixels
 without rescaling the kept ones (input_scales 1), flax's Dropout rescales them by 1/0.8; the
 adversarial images are made on the same dropout mask as the clean pass (mnist_jax/train.py).
+
+Result (not run: about 15 h a seed on 2 CPU cores): experiments/RESULTS.md (adversarial_maxout).
 """
 
 from mnist_jax.config import default_config

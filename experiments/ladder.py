@@ -7,18 +7,16 @@ ladder_baseline's encoder (noise std 0.3 in every layer here) plus the denoising
 connections, the "vanilla" combinator (a1..a10 per unit; "gauss" in the authors' code), and a
 denoising cost at every layer weighted 1000, 1, 0.01, 0.01, 0.01, 0.01, 0.01 from the input up to
 the logits (the authors' README, "MNIST all labels": --denoising-cost-x 1000,1,0.01,...). Training
-as ladder_baseline: Adam 0.002, batch 100, 150 epochs, the last 50 decayed linearly to 0. Each epoch
-costs about 3 times ladder_baseline's (two encoder passes and a decoder).
+as ladder_baseline: Adam 0.002, batch 100, 150 epochs, the last 50 decayed linearly to 0. A step
+makes two encoder passes and a decoder pass.
 
     python -m mnist_jax.main --config=ladder                  # 3 seeds vmapped
     # or one seed at a time (K = 0, 1, 2, 3, 4), then their table:
     python -m mnist_jax.main --config=ladder --config.num_seeds=1 --config.seed=K --workdir=runs/ladder-seedK
-    python -m mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1 runs/ladder-seed2 runs/ladder-seed3 runs/ladder-seed4
+    python -m mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1 runs/ladder-seed2 \
+        runs/ladder-seed3 runs/ladder-seed4
 
-Measured on 2-core AMD EPYC CPUs (JAX 0.10.2), seeds 0, 1, 2, 3, 4 run one at a time with the
-commands above, from their summary.json: test error 0.56%, 0.69%, 0.53%, 0.66%, 0.59%, mean 0.61% +-
-0.06 (test accuracy 0.99394 +- 0.00060); about an hour a seed on an idle machine
-(experiments/RESULTS.md).
+Result: experiments/RESULTS.md (ladder).
 """
 
 from mnist_jax import config as config_lib

@@ -15,6 +15,8 @@ Where ours differs (running averages, one batch per step): mnist_jax/ladder.py's
 Three seeds in one vmapped program; the test set is used once, at the end.
 
     python -m mnist_jax.main --config=ladder_baseline
+
+Result: experiments/RESULTS.md (ladder_baseline).
 """
 
 from mnist_jax.config import default_config

@@ -6,6 +6,8 @@ SGD lr 0.03, categorical cross-entropy, 50 epochs, batch 32, the test set as val
 The notebook reports no final figure.
 
     python -m mnist_jax.main --config=sgd_bn_mlp
+
+Result: experiments/RESULTS.md (The five tutorials).
 """
 
 from mnist_jax.config import default_config

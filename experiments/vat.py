@@ -18,11 +18,12 @@ Note: in float32, xi = 1e-6 moves each pixel by about 4e-8, below float32's reso
 the power iteration's direction is close to random (mnist_jax/adversarial.py); the authors ran it
 so, and it is kept here; --config.train.vat_xi=1e-2 is the variant that follows the true direction.
 
-    python -m mnist_jax.main --config=vat
+    python -m mnist_jax.main --config=vat                      # 3 seeds vmapped
+    # or one seed at a time (K = 0, 1, 2), then their table:
+    python -m mnist_jax.main --config=vat --config.num_seeds=1 --config.seed=K --workdir=runs/vat-seedK
+    python -m mnist_jax.aggregate runs/vat-seed0 runs/vat-seed1 runs/vat-seed2
 
-Measured on a 2-core AMD EPYC CPU (JAX 0.10.2), seeds 0, 1, 2 run one after the other with
---config.num_seeds=1 --config.seed=K, from their summary.json: test error 0.64%, 0.70%, 0.69%,
-mean 0.68% +- 0.03 (test accuracy 0.99323 +- 0.00026); 44 min a seed (experiments/RESULTS.md).
+Result: experiments/RESULTS.md (vat).
 """
 
 from mnist_jax.config import default_config
