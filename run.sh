@@ -24,7 +24,9 @@ if [ "${1:-}" = "test" ]; then
   shift
   if [ "${1:-}" = "--all" ]; then
     shift
-    set -- -m "" "$@"  # pyproject.toml's default selection is -m "not slow"
+    set -- -m "" "$@"  # every test, one at a time (pyproject.toml selects -m "not slow")
+  else
+    set -- --numprocesses=auto --maxprocesses=4 "$@"  # the fast tier on the machine's cores
   fi
   exec .venv/bin/python -m pytest tests "$@"
 elif [ "${1:-}" = "bench" ]; then

@@ -243,6 +243,7 @@ def test_resume_is_exact_with_ema_max_norm_and_rbg(tmp_path):
   assert without(again, "train_seconds") == without(summary, "train_seconds")
 
 
+@pytest.mark.slow
 def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactly(tmp_path):
   """Goodfellow et al.'s protocol, shrunk: two replicas of a small maxout net, adversarial
   training, early stopping on the validation images' FGSM accuracy (recorded per epoch and

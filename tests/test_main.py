@@ -26,8 +26,8 @@ def test_cli_unknown_name_and_bad_override_fail_clearly():
   assert result.returncode != 0 and "batch_size=-4 must be positive" in result.stderr
 
 
-@pytest.mark.parametrize("run", [run_main, pytest.param(run_cli, marks=pytest.mark.slow)],
-                         ids=["in_process", "processes"])
+@pytest.mark.slow
+@pytest.mark.parametrize("run", [run_main, run_cli], ids=["in_process", "processes"])
 def test_cli_end_to_end_run_is_reproducible(tmp_path, run):
   runs = []
   for name in ("a", "b"):

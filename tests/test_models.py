@@ -102,6 +102,7 @@ def test_summary_lists_layers_in_network_order():
   assert names == ["input_batchnorm", "dense_0", "dense_1", "dense_2", "dense_3", "logits"]
 
 
+@pytest.mark.slow
 def test_the_ladder_model_trains_through_the_trainer(tiny_config):
   """config.model.name="ladder": the trainer builds ladder.LadderMLP, adds its sown denoising cost,
   checkpoints its running averages, and the summary lists the decoder top-down."""

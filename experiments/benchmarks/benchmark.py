@@ -47,7 +47,6 @@ JAX compilation cache, the later ones using it.
 Writes benchmark.json (everything, raw epoch times included) and benchmark.md (the table) to --out.
 """
 
-import argparse
 import functools
 import importlib.util
 import json
@@ -62,13 +61,45 @@ import tempfile
 import threading
 import time
 
-from experiments.benchmarks.workers import REPO_ROOT, emit, jax_device_name, machine_info, quiet_env
+from absl import flags
+
+from experiments.benchmarks.workers import (
+  REPO_ROOT,
+  emit,
+  flag_args,
+  jax_device_name,
+  machine_info,
+  quiet_env,
+)
 from experiments.benchmarks.workers import run_worker as _run_worker
+from mnist_jax import cli, errors
 
 PROGRAM = "experiments.benchmarks.benchmark"
 
 SYSTEMS = ("mnist_jax", "jax_scan", "keras_tf", "keras_jax", "torch")
 DEFAULT_CONFIGS = ("adam_mlp", "rmsprop_mlp", "sigmoid_mlp")
+
+flags.DEFINE_string("configs", ",".join(DEFAULT_CONFIGS), "Comma-separated experiment names.")
+flags.DEFINE_integer("epochs", 6, "Timed epochs per system, config and repeat; the first includes "
+                     "compilation.")
+flags.DEFINE_integer("repeats", 2, "Times each system trains each config, interleaved.")
+flags.DEFINE_string("systems", ",".join(SYSTEMS), "Comma-separated subset of " + ",".join(SYSTEMS))
+flags.DEFINE_string("out", "runs/benchmark", "Directory for benchmark.json and benchmark.md.")
+flags.DEFINE_integer("launch_runs", 4, "Launch-to-result runs of adam_mlp; the first fills the "
+                     "compilation cache, the others are reported (0 skips).")
+flags.DEFINE_bool("skip_launch", False, "Do not measure launch-to-result (--launch_runs=0).")
+flags.DEFINE_string("launch_source", "", "--config.data.source for the launch runs (default: the "
+                    "config's own).")
+flags.DEFINE_integer("peak_size", 2048, "Matrix size of the matmul peak.")
+flags.DEFINE_integer("peak_reps", 10, "Products timed for the matmul peak.")
+flags.DEFINE_float("timeout", 1800, "Seconds after which one worker run is abandoned.")
+# Internal: a subprocess running one system.
+flags.DEFINE_string("worker", None, "(internal) run one worker: " + ", ".join(
+    ("prepare", "peak", *SYSTEMS)))
+flags.DEFINE_string("config", None, "(internal) the worker's config.")
+flags.DEFINE_integer("seed", 0, "(internal) the worker's seed.")
+flags.DEFINE_string("arrays", None, "(internal) the prepared arrays (.npz).")
+flags.DEFINE_string("arrays_dir", None, "(internal) where the prepare worker writes them.")
 # Python modules each system needs; a missing one means "not installed", never an error.
 REQUIRES = {
     "mnist_jax": ("jax", "flax", "optax"),
@@ -543,48 +574,15 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                      help="comma-separated experiment names (default: %(default)s)")
-  parser.add_argument("--epochs", type=int, default=6,
-                      help="timed epochs per system, config and repeat; the first includes "
-                      "compilation (default: %(default)s)")
-  parser.add_argument("--repeats", type=int, default=2,
-                      help="times each system trains each config, interleaved (default: %(default)s)")
-  parser.add_argument("--systems", default=",".join(SYSTEMS),
-                      help="comma-separated subset of " + ",".join(SYSTEMS))
-  parser.add_argument("--out", default="runs/benchmark",
-                      help="directory for benchmark.json and benchmark.md (default: %(default)s)")
-  parser.add_argument("--launch_runs", "--launch-runs", type=int, default=4,
-                      help="launch-to-result runs of adam_mlp; the first fills the compilation "
-                      "cache, the others are reported (0 skips; default: %(default)s)")
-  parser.add_argument("--skip_launch", "--skip-launch", action="store_true",
-                      help="do not measure launch-to-result (same as --launch_runs=0)")
-  parser.add_argument("--launch_source", "--launch-source", default="",
-                      help="--config.data.source for the launch runs (default: the config's own)")
-  parser.add_argument("--peak_size", "--peak-size", type=int, default=2048, help=argparse.SUPPRESS)
-  parser.add_argument("--peak_reps", "--peak-reps", type=int, default=10, help=argparse.SUPPRESS)
-  parser.add_argument("--timeout", type=float, default=1800,
-                      help="seconds after which one worker run is abandoned (default: %(default)s)")
-  # Internal: a subprocess running one system.
-  parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-  parser.add_argument("--config", help=argparse.SUPPRESS)
-  parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-  parser.add_argument("--arrays", help=argparse.SUPPRESS)
-  parser.add_argument("--arrays_dir", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+def main(argv: list[str]) -> int:
+  del argv
+  args = flag_args()
   if args.epochs < 1 or args.repeats < 1:
-    parser.error("--epochs and --repeats must be at least 1")
+    raise errors.ConfigError("--epochs and --repeats must be at least 1.")
   unknown = set(args.systems.split(",")) - set(SYSTEMS)
   if unknown:
-    parser.error(f"unknown --systems {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
-  return args
-
-
-def main(argv=None) -> int:
-  args = parse_args(argv)
+    raise errors.ConfigError(f"Unknown --systems {', '.join(sorted(unknown))}: choose from "
+                             f"{', '.join(SYSTEMS)}.")
   if args.worker:
     WORKERS[args.worker](args)
     return 0
@@ -592,18 +590,13 @@ def main(argv=None) -> int:
   from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   configs = [c for c in args.configs.split(",") if c]
   systems = [s for s in args.systems.split(",") if s]
-  try:
-    loaded = {name: config_lib.load(name) for name in configs}
-  except config_lib.ConfigError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    return 2
+  loaded = {name: config_lib.load(name) for name in configs}
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   wall_started = time.perf_counter()
   log = lambda message: print(message, file=sys.stderr, flush=True)
-  command = f"python -m {PROGRAM} " + " ".join(
-      sys.argv[1:] if argv is None else argv)
-  errors = []
+  command = f"python -m {PROGRAM} " + " ".join(sys.argv[1:])
+  failures = []
 
   available = {s: installed(s) for s in systems}
   for s in systems:
@@ -616,7 +609,7 @@ def main(argv=None) -> int:
                                        f"--peak_reps={args.peak_reps}"], args.timeout)
   if error:
     log(f"peak measurement failed: {error}")
-    errors.append(f"peak: {error}")
+    failures.append(f"peak: {error}")
   peak_samples += records
   if peak_samples:
     log(f"  {peak_samples[-1]['gflops']:.1f} GFLOP/s")
@@ -659,7 +652,7 @@ def main(argv=None) -> int:
           records, error = run_worker(s, extra, args.timeout)
           if error:
             log(f"[{repeat + 1}/{args.repeats}] {name} {s}: FAILED {error}")
-            errors.append(f"{name} {s}: {error}")
+            failures.append(f"{name} {s}: {error}")
             results[name]["systems"][s] = {"status": "failed (see benchmark.json)", "error": error}
             continue
           run = records[-1]
@@ -674,7 +667,7 @@ def main(argv=None) -> int:
       log(f"Launch-to-result: {args.launch_runs} runs of python -m mnist_jax.main --config=adam_mlp ...")
       launch = measure_launch(args.launch_runs, args.launch_source, args.timeout)
       if "error" in launch:
-        errors.append(f"launch: {launch['error']}")
+        failures.append(f"launch: {launch['error']}")
 
     log("Measuring the fp32 matmul peak again ...")
     records, error = run_worker("peak", [f"--peak_size={args.peak_size}",
@@ -695,17 +688,17 @@ def main(argv=None) -> int:
             "peak_samples": peak_samples, "args": {**vars(args), "systems": systems},
             "results": results, "launch": launch,
             "benchmark_wall_seconds": time.perf_counter() - wall_started,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": errors}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": failures}
   table = markdown(report)
   (out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
   (out / "benchmark.md").write_text(table)
   print(table, end="")
   log(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.json'} "
       f"({report['benchmark_wall_seconds']:.0f} s in all).")
-  if errors:
-    log(f"{len(errors)} part(s) failed: see above and benchmark.json.")
-  return 1 if errors else 0
+  if failures:
+    log(f"{len(failures)} part(s) failed: see above and benchmark.json.")
+  return 1 if failures else 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(main)

@@ -14,7 +14,6 @@ Writes device_check.md and device_check.json to --out. Needs only jax, flax, opt
 absl-py, ml-collections, numpy (the idx data source; no TensorFlow, no tensorflow-datasets).
 """
 
-import argparse
 import json
 import pathlib
 import signal
@@ -24,15 +23,19 @@ import sys
 import tempfile
 import time
 
+from absl import flags
+
 from experiments.benchmarks.workers import (
   REPO_ROOT,
   emit,
+  flag_args,
   jax_device_name,
   machine_info,
   quiet_env,
   run_worker,
   time_epochs,
 )
+from mnist_jax import cli
 
 PROGRAM = "experiments.benchmarks.device_check"
 TUTORIALS = ("adam_mlp", "adam_mlp_784", "adam_mlp_784_dropout", "rmsprop_mlp", "sigmoid_mlp",
@@ -164,17 +167,19 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="small subsets, adam_mlp only, seeds 1 and 4: for CPUs and the tests")
-  parser.add_argument("--out", default="runs/device_check")
-  parser.add_argument("--timeout", type=float, default=900)
-  parser.add_argument("--worker", choices=["seeds"], help=argparse.SUPPRESS)
-  parser.add_argument("--seeds", help=argparse.SUPPRESS)
-  parser.add_argument("--epochs", type=int, default=4, help=argparse.SUPPRESS)
-  parser.add_argument("--train_subset", type=int, default=0, help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+flags.DEFINE_bool("quick", False, "Small subsets, adam_mlp only, seeds 1 and 4: for CPUs and the "
+                  "tests.")
+flags.DEFINE_string("out", "runs/device_check", "Directory for device_check.json and .md.")
+flags.DEFINE_float("timeout", 900, "Seconds after which one worker run is abandoned.")
+flags.DEFINE_string("worker", None, "(internal) run one worker: seeds.")
+flags.DEFINE_string("seeds", None, "(internal) the seeds worker's replica counts (JSON).")
+flags.DEFINE_integer("epochs", 4, "(internal) the seeds worker's epochs.")
+flags.DEFINE_integer("train_subset", 0, "(internal) the seeds worker's training subset.")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  args = flag_args()
   if args.worker:
     worker_seeds(args)
     return 0
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
       f"--seeds={json.dumps([1, 4] if args.quick else [1, 8, 64, 512])}",
       f"--epochs={2 if args.quick else 4}", f"--train_subset={1024 if args.quick else 0}"],
       args.timeout)
-  report = {"command": f"python -m {PROGRAM} " + " ".join(sys.argv[1:] if argv is None else argv),
+  report = {"command": f"python -m {PROGRAM} " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(),
             "device": seeds[0]["device"] if seeds else "unknown", "tutorials": tutorials,
             "reproducibility": reproducibility, "timings": timings, "seeds": seeds,
@@ -208,4 +213,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(main)

@@ -19,13 +19,15 @@ Epoch times are medians over the epochs after the first (which compiles); the fi
 Writes scaling.json and scaling.md to --out.
 """
 
-import argparse
 import json
 import os
 import pathlib
 import statistics
 
-from experiments.benchmarks.workers import emit, quiet_env, run_worker
+from absl import flags
+
+from experiments.benchmarks.workers import emit, flag_args, quiet_env, run_worker
+from mnist_jax import cli, errors
 
 PROGRAM = "experiments.benchmarks.scaling"
 
@@ -59,24 +61,29 @@ def run(args, measure, device_count: int = 0) -> list[dict]:
                                                    f"--measure={json.dumps(measure)}"],
                               timeout=3600, env=env)
   if error:
-    raise SystemExit(f"worker failed: {error}")
+    raise errors.Error(f"A scaling worker failed: {error}")
   return records
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="adam_mlp")
-  parser.add_argument("--seeds", type=int, default=8)
-  parser.add_argument("--devices", type=int, default=4, help="1: no sharded rows")
-  parser.add_argument("--epochs", type=int, default=4, help="timed epochs per row (the first compiles)")
-  parser.add_argument("--train_subset", type=int, default=0,
-                      help="time epochs of the first N training images (0: the config's)")
-  parser.add_argument("--out", default="runs/scaling")
-  parser.add_argument("--worker", choices=["scaling"], help=argparse.SUPPRESS)
-  parser.add_argument("--measure", help=argparse.SUPPRESS)
-  args = parser.parse_args()
+flags.DEFINE_string("config", "adam_mlp", "Experiment name or config file.")
+flags.DEFINE_integer("seeds", 8, "Replicas of the vmapped row.")
+flags.DEFINE_integer("devices", 4, "Devices of the sharded row (1: no sharded rows).")
+flags.DEFINE_integer("epochs", 4, "Timed epochs per row (the first compiles).")
+flags.DEFINE_integer("train_subset", 0, "Time epochs of the first N training images (0: the "
+                     "config's).")
+flags.DEFINE_string("out", "runs/scaling", "Directory for scaling.json and scaling.md.")
+flags.DEFINE_string("worker", None, "(internal) run one worker: scaling.")
+flags.DEFINE_string("measure", None, "(internal) the worker's [[seeds, devices], ...] (JSON).")
+
+ARGS = ("config", "seeds", "devices", "epochs", "train_subset", "out")  # recorded in scaling.json
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  args = flag_args()
   if args.worker:
-    return worker(args)
+    worker(args)
+    return 0
 
   one, many = run(args, [[1, 1], [args.seeds, 1]])
   rows = [("1 seed, 1 device", one, 1.0),
@@ -104,8 +111,10 @@ def main() -> None:
   out.mkdir(parents=True, exist_ok=True)
   (out / "scaling.md").write_text(table + "\n")
   (out / "scaling.json").write_text(json.dumps(
-      {"args": vars(args), "rows": [{"name": n, **r, "ratio": x} for n, r, x in rows]}, indent=2))
+      {"args": {name: getattr(args, name) for name in ARGS},
+       "rows": [{"name": n, **r, "ratio": x} for n, r, x in rows]}, indent=2))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  cli.start(main)

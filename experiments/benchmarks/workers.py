@@ -20,6 +20,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARKER = "BENCHMARK_JSON "
 
 
+def flag_args():
+  """The parsed absl flags as attributes (`args.epochs`), as the programs' functions read them."""
+  import types  # pylint: disable=import-outside-toplevel
+
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  return types.SimpleNamespace(**flags.FLAGS.flag_values_dict())
+
+
 def emit(record: dict) -> None:
   """In a worker: report one result to the parent."""
   print(MARKER + json.dumps(record), flush=True)
