@@ -107,8 +107,24 @@ def predictions(trained_run):
   return run, report.probabilities(run, run.splits.test.images)
 
 
+@pytest.fixture(scope="session")
+def idx_arrays():
+  """The shipped MNIST, read from its IDX files: {"train": Split, "test": Split}."""
+  from mnist_jax import data_sources  # pylint: disable=import-outside-toplevel
+  from mnist_jax.paths import DATA_DIR  # pylint: disable=import-outside-toplevel
+  return data_sources.load_idx(DATA_DIR / "mnist")
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def multiset(split):
+  """A split's (image, label) pairs as a multiset: tfds reorders the examples."""
+  import collections  # pylint: disable=import-outside-toplevel
+  import hashlib  # pylint: disable=import-outside-toplevel
+  return collections.Counter(hashlib.sha1(image.tobytes() + bytes([label])).digest()
+                             for image, label in zip(split.images, split.labels))
 
 
 def device_data(config):

@@ -1,5 +1,4 @@
 """The splits an experiment trains on: source choice, validation schemes, subsets, preprocessing."""
-import collections
 import hashlib
 import importlib.util
 import shutil
@@ -7,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import multiset
 from mnist_jax import data
 from mnist_jax.config import default_config
 from mnist_jax.errors import DataError
@@ -14,18 +14,6 @@ from mnist_jax.paths import DATA_DIR
 
 MNIST_DIR = DATA_DIR / "mnist"
 TFDS_DIR = DATA_DIR / "tfds"
-
-
-@pytest.fixture(scope="module")
-def idx_arrays():
-  from mnist_jax import data_sources  # pylint: disable=import-outside-toplevel
-  return data_sources.load_idx(MNIST_DIR)
-
-
-def _multiset(split):
-  # tfds reorders the examples: compare (image, label) pairs as multisets.
-  return collections.Counter(hashlib.sha1(i.tobytes() + bytes([label])).digest()
-                             for i, label in zip(split.images, split.labels))
 
 
 def _data_config(**overrides):
@@ -98,7 +86,7 @@ def test_tfds_and_idx_give_the_same_examples(idx_arrays):
     ours, theirs = idx_arrays[name], splits[name]
     assert ours.images.shape == theirs.images.shape
     assert theirs.images.dtype == np.uint8 and theirs.labels.dtype == np.int32
-    assert _multiset(ours) == _multiset(theirs)
+    assert multiset(ours) == multiset(theirs)
 
 
 def _copy_tfds(tmp_path):

@@ -1,7 +1,5 @@
 """Reading datasets from disk: IDX files, the shipped tfds files, checksums and the decode cache."""
-import collections
 import gzip
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -10,17 +8,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import multiset
 from mnist_jax import data_sources as sources
 from mnist_jax.errors import DataError
 from mnist_jax.paths import DATA_DIR, REPO_ROOT
 
 MNIST_DIR = DATA_DIR / "mnist"
 TFDS_DIR = DATA_DIR / "tfds"
-
-
-@pytest.fixture(scope="module")
-def idx_arrays():
-  return sources.load_idx(MNIST_DIR)
 
 
 def test_idx_shapes_and_labels(idx_arrays):
@@ -81,18 +75,12 @@ def test_not_gzip(tmp_path):
     sources.read_idx(path)
 
 
-def _multiset(split):
-  # tfds reorders the examples: compare (image, label) pairs as multisets.
-  return collections.Counter(hashlib.sha1(i.tobytes() + bytes([label])).digest()
-                             for i, label in zip(split.images, split.labels))
-
-
 def test_shipped_array_record_files_decode_to_the_idx_examples(idx_arrays):
   """The shipped tfds data itself, not the cache: the test split through tfds.data_source."""
   pytest.importorskip("tensorflow_datasets")
   splits, source = sources.read_tfds("mnist", TFDS_DIR, splits=("test",))
   assert "array_record files in data/tfds/mnist/3.0.1" in source
-  assert _multiset(splits["test"]) == _multiset(idx_arrays["test"])
+  assert multiset(splits["test"]) == multiset(idx_arrays["test"])
 
 
 def test_shipped_tfds_files_match_their_checksums():
