@@ -104,7 +104,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     # A field the chosen model does not have would be ignored without a word.
     fields = set(models.MODELS[model.name].__dataclass_fields__) | {"name"}
     defaults = default_config().model
-    unused = sorted(k for k in model if k not in fields and _differs(model[k], defaults[k]))
+    unused = sorted(k for k in model if k not in fields and _differs(model[k], defaults.get(k)))
     require(not unused,
             f"config.model.{', config.model.'.join(unused)}: not fields of the {model.name!r} "
             f"model, which would ignore them. Leave them at their defaults, or choose a model "
