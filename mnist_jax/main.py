@@ -55,6 +55,7 @@ def parse(argv: Sequence[str]) -> list[str]:
   except errors.ConfigError:
     raise
   except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
+    _refuse_unsweepable(argv)
     # ml_collections reports an unknown override (--config.train.epoch=3) this way.
     message = (str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
                .replace("\\'", "'"))
@@ -65,6 +66,25 @@ def parse(argv: Sequence[str]) -> list[str]:
   finally:
     sys.argv = saved
   return rest
+
+
+def _refuse_unsweepable(argv: list[str]) -> None:
+  """A `--config.sweep.FIELD` that is no sweep field: one paragraph naming the fields that are,
+  and how to vary anything else."""
+  sweepable = sorted(config_lib.flatten(config_lib.default_config().sweep.to_dict()))
+  experiment = next((pathlib.Path(a.split("=", 1)[1]).stem for a in argv
+                     if a.startswith("--config=")), "NAME")
+  for arg in argv:
+    name = arg.split("=", 1)[0].removeprefix("--config.sweep.")
+    if arg.startswith("--config.sweep.") and name not in sweepable:
+      raise errors.ConfigError(
+          f"--config.sweep.{name} is not a sweep field. One program trains a grid of the "
+          f"values its compiled step reads as data: "
+          f"{', '.join(f'--config.sweep.{f}' for f in sweepable)}. Any other field, and every "
+          f"field that changes the program or its shapes (sizes, batch size, epochs, "
+          f"activation, optimizer, schedule), takes one run per value, e.g. in the shell: "
+          f"for v in A B; do python -m mnist_jax.main --config={experiment} "
+          f"--config.{name}=$v --workdir=runs/{experiment}-{name.split('.')[-1]}-$v; done")
 
 
 def _config_name_to_path(argv: list[str]) -> list[str]:

@@ -206,3 +206,11 @@ def test_accepted_random_overrides_train(tmp_path_factory):
 
   _fuzz(check, examples=20)
   assert trained
+
+
+def test_a_field_that_is_no_sweep_field_is_refused_with_the_shell_loop():
+  result = run_main("--config=adam_mlp", "--config.sweep.model.hidden_sizes=100,300", check=False)
+  assert_clear_error(result, 2, "--config.sweep.model.hidden_sizes is not a sweep field",
+                     "--config.sweep.learning_rate",
+                     "for v in A B; do python -m mnist_jax.main --config=adam_mlp "
+                     "--config.model.hidden_sizes=$v --workdir=runs/adam_mlp-hidden_sizes-$v; done")
