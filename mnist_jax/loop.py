@@ -1,8 +1,9 @@
 """The run loop: `train_and_evaluate(config, workdir)`, from the config to a finished workdir.
 
-Reads top to bottom in execution order: set up (data on the devices, the state), resume from the
-newest usable checkpoint, train epoch after epoch (each one compiled call), record and checkpoint
-each epoch, stop on signals, divergence or exhausted patience, then test and write the summary.
+Reads top to bottom in execution order: set up (`trainer.Trainer`: data on the devices, the
+state), resume from the newest usable checkpoint, train epoch after epoch (each one compiled call),
+record and checkpoint each epoch, stop on signals, divergence or exhausted patience, then test and
+write the summary.
 """
 
 import datetime

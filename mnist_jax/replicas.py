@@ -95,7 +95,7 @@ def init_run(config, train_split: data.Split) -> RunFunctions:
   """The state, keys and compiled functions of a run of `config` on `train_split` (which gives
   the input size, and the steps per epoch that schedules count in): one model, or its replicas."""
   input_dim = math.prod(train_split.images.shape[1:])
-  steps_per_epoch = math.ceil(len(train_split) / config.train.batch_size)
+  steps_per_epoch = train.steps_per_epoch(len(train_split), config.train.batch_size)
   settings = replica_settings(config)
   if len(settings) == 1:
     keys = jax.jit(train.run_keys, static_argnums=1)(config.seed, config.rng_impl)

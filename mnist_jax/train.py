@@ -194,10 +194,15 @@ def summarize(sums: dict) -> dict:
 # Whole epochs and whole splits, each one compiled call
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Batches in an epoch: every example once, the last batch partial (padded and masked)."""
+  return -(-num_examples // batch_size)
+
+
 def _batched_indices(order: jax.Array, batch_size: int):
   """(num_batches, batch_size) indices and mask; the tail batch is padded with masked zeros."""
   n = order.shape[0]
-  num_batches = -(-n // batch_size)
+  num_batches = steps_per_epoch(n, batch_size)
   pad = num_batches * batch_size - n
   indices = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)]).reshape(num_batches, -1)
   mask = (jnp.arange(num_batches * batch_size) < n).astype(jnp.float32).reshape(num_batches, -1)

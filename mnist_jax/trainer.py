@@ -50,7 +50,7 @@ class Trainer:
 
   @property
   def steps_per_epoch(self) -> int:
-    return math.ceil(len(self.train) / self.config.train.batch_size)
+    return train.steps_per_epoch(len(self.train), self.config.train.batch_size)
 
   def train_epoch(self, state, epoch: int):
     """Epoch `epoch` (from 1) in one compiled call: (state, metric sums, first bad step or -1)."""
