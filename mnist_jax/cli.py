@@ -1,7 +1,8 @@
 """What the command-line programs share: absl flags, one error format, an in-process entry point.
 
-Every program (`main`, `report`, `predict`, `aggregate`, `prepare_tfds`) defines its flags at
-module level and ends with `cli.start(main)`. `run(main, argv)` is the same program called from
+Every program (`main`, `report`, `predict`, `aggregate`, `prepare_tfds`, and the benchmark
+programs in experiments/benchmarks/) defines its flags at module level and ends with
+`cli.start(main)`. `run(main, argv)` is the same program called from
 Python (the tests do): it parses `argv` afresh, calls `main`, and returns the exit code instead
 of leaving the interpreter. An `errors.Error` becomes one paragraph on stderr, no traceback:
 exit 2 when the command line itself is wrong, 1 when the run fails, 130 when it was interrupted.
