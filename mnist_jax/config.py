@@ -18,6 +18,7 @@ import ml_collections
 
 from mnist_jax.defaults import default_config
 from mnist_jax.errors import ConfigError
+from mnist_jax.hyperparams import flatten
 from mnist_jax.paths import EXPERIMENTS_DIR
 
 
@@ -88,14 +89,3 @@ def load_file(path: pathlib.Path) -> ml_collections.ConfigDict:
                       f"mnist_jax.config.default_config(), which has every field the trainer "
                       f"reads.")
   return config
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}: a config's fields by their override names."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat

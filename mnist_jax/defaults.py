@@ -6,6 +6,8 @@ runs an experiment's `get_config()`, which starts from them.
 
 import ml_collections
 
+from mnist_jax import hyperparams
+
 
 def default_config() -> ml_collections.ConfigDict:
   """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say.
@@ -25,8 +27,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.matmul_precision = "highest"
   # Replicas trained together in one vmapped program: seeds seed, seed+1, ..., x the sweep grid.
   config.num_seeds = 1
-  config.sweep = ml_collections.ConfigDict()
-  config.sweep.learning_rate = ()  # e.g. (1e-3, 3e-3, 1e-2); () = config.optimizer.learning_rate
+  # The sweep grid: values of any field in hyperparams.SWEEPABLE, e.g.
+  # config.sweep.optimizer.learning_rate = (1e-3, 1e-2); the grid is the product of the swept
+  # fields. () = the field's own value.
+  sweep = {}
+  for name in hyperparams.SWEEPABLE:
+    group, field = name.split(".")
+    sweep.setdefault(group, {})[field] = ()
+  config.sweep = ml_collections.ConfigDict(sweep)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"  # a tfds image-classification dataset name

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.cpu_tuning import dense_dot_general
+from mnist_jax.hyperparams import active
 from mnist_jax.layers import ACTIVATIONS, HIDDEN_BATCHNORM, HIDDEN_DENSE, LOGITS, LOGITS_BATCHNORM
 
 # The authors' initialisation, randn(fan_in, fan_out) / sqrt(fan_in), for the encoder and decoder.
@@ -124,7 +125,7 @@ def _per_layer(value, count: int, what: str) -> tuple:
   if len(values) != count:
     raise ValueError(f"{what} needs one value per layer from the input z_0 to the logits z_L "
                      f"({count}), or a single value; got {values}.")
-  return tuple(float(v) for v in values)
+  return tuple(float(v) if isinstance(v, (int, float)) else v for v in values)  # or traced
 
 
 class LadderMLP(nn.Module):
@@ -173,7 +174,7 @@ class LadderMLP(nn.Module):
     if self.always_decode:
       return 0
     weights = _per_layer(self.denoising_weights, self.num_layers + 1, "denoising_weights")
-    nonzero = [layer for layer, w in enumerate(weights) if w]
+    nonzero = [layer for layer, w in enumerate(weights) if active(w)]
     return min(nonzero) if nonzero else None
 
   @nn.compact
@@ -202,7 +203,7 @@ class LadderMLP(nn.Module):
       """(logits, lateral z_0..z_L, batch statistics of layers 1..L); noise only when `noisy`."""
       keys = jax.random.split(self.make_rng("dropout"), num_layers + 1) if noisy else None
       noise = lambda z, layer: (z + noise_std[layer] * jax.random.normal(keys[layer], z.shape)
-                                if noisy and noise_std[layer] else z)
+                                if noisy and active(noise_std[layer]) else z)
       h = noise(x, 0)
       lateral, stats = [h], [None]
       for i in range(num_layers):
@@ -232,7 +233,7 @@ class LadderMLP(nn.Module):
       costs = self._decode(corrupted, jax.nn.softmax(logits), clean, clean_stats, weights, lowest)
       for layer, cost in costs.items():
         self.sow("intermediates", f"denoising_cost_{layer}", cost)
-        if lambdas[layer]:
+        if active(lambdas[layer]):
           total = total + lambdas[layer] * cost
     self.sow("losses", "denoising", total)
     return logits

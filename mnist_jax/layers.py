@@ -6,6 +6,8 @@ are the parameter tree's top-level keys: the models set them, and max-norm (`is_
 registries that config validation reads.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,21 @@ KERNEL_INITS = {
     "uniform_0.005": lambda key, shape, dtype=jnp.float32: jax.random.uniform(
         key, shape, dtype, -0.005, 0.005),
 }
+
+class Dropout(nn.Module):
+  """`flax.linen.Dropout` (the same mask from the same key) whose rate may be a traced value, a
+  sweep's; flax's branches on the rate in Python. Callers leave it out where the rate is a
+  Python 0 (`hyperparams.active`)."""
+  rate: Any
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
 
 INPUT_BATCHNORM, HIDDEN_DENSE, HIDDEN_BATCHNORM, LOGITS, LOGITS_BATCHNORM = (
     "input_batchnorm", "dense", "batchnorm", "logits", "logits_batchnorm")

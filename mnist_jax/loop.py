@@ -292,8 +292,9 @@ def _summary(config, trainer: Trainer, history, test_metrics, best, stopped_earl
     summary["replicas"] = [{**r, **{name: values[k] for name, values in per_replica.items()}}
                            for k, r in enumerate(settings)]
     for r in summary["replicas"]:
-      log.info("Replica seed %d, learning rate %g: test loss %.4f - test accuracy %.4f",
-               r["seed"], r["learning_rate"], r["test_loss"], r["test_accuracy"])
+      point = "".join(f", {name} {r[name]:g}" for name in settings[0] if name != "seed")
+      log.info("Replica seed %d%s: test loss %.4f - test accuracy %.4f", r["seed"], point,
+               r["test_loss"], r["test_accuracy"])
     log.info("Mean over %d replicas: test accuracy %.4f +- %.4f (std)", len(settings),
              summary["test_accuracy"], summary["test_accuracy_std"])
   summary.update({"epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,

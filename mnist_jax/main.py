@@ -15,7 +15,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_jax import cli, errors
+from mnist_jax import cli, errors, hyperparams
 from mnist_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment: a name in experiments/ "
@@ -71,20 +71,25 @@ def parse(argv: Sequence[str]) -> list[str]:
 def _refuse_unsweepable(argv: list[str]) -> None:
   """A `--config.sweep.FIELD` that is no sweep field: one paragraph naming the fields that are,
   and how to vary anything else."""
-  sweepable = sorted(config_lib.flatten(config_lib.default_config().sweep.to_dict()))
   experiment = next((pathlib.Path(a.split("=", 1)[1]).stem for a in argv
                      if a.startswith("--config=")), "NAME")
   for arg in argv:
     name = arg.split("=", 1)[0].removeprefix("--config.sweep.")
-    if arg.startswith("--config.sweep.") and name not in sweepable:
-      raise errors.ConfigError(
-          f"--config.sweep.{name} is not a sweep field. One program trains a grid of the "
-          f"values its compiled step reads as data: "
-          f"{', '.join(f'--config.sweep.{f}' for f in sweepable)}. Any other field, and every "
-          f"field that changes the program or its shapes (sizes, batch size, epochs, "
-          f"activation, optimizer, schedule), takes one run per value, e.g. in the shell: "
-          f"for v in A B; do python -m mnist_jax.main --config={experiment} "
-          f"--config.{name}=$v --workdir=runs/{experiment}-{name.split('.')[-1]}-$v; done")
+    if not arg.startswith("--config.sweep.") or name in hyperparams.SWEEPABLE:
+      continue
+    if name == "learning_rate":
+      raise errors.ConfigError("--config.sweep.learning_rate is now "
+                               "--config.sweep.optimizer.learning_rate.")
+    raise errors.ConfigError(
+        f"--config.sweep.{name} is not a sweep field. One program trains a grid of the "
+        f"values its compiled step reads as data: "
+        f"{', '.join(f'--config.sweep.{f}' for f in hyperparams.SWEEPABLE)}. Any other field, "
+        f"and every field that changes the program or its shapes (sizes, batch size, epochs, "
+        f"activation, optimizer, schedule), takes one run per value, e.g. in the shell: "
+        f"for v in A B; do python -m mnist_jax.main --config={experiment} "
+        f"--config.{name}=$v --workdir=runs/{experiment}-{name.split('.')[-1]}-$v; done; "
+        f"then `python -m mnist_jax.aggregate runs/{experiment}-{name.split('.')[-1]}-*` "
+        f"tabulates them.")
 
 
 def _config_name_to_path(argv: list[str]) -> list[str]:

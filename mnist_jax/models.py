@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import ladder, layers, nnx_mlp
+from mnist_jax import hyperparams, ladder, layers, nnx_mlp
 from mnist_jax.cpu_tuning import dense_dot_general
 from mnist_jax.layers import (
   ACTIVATIONS,
@@ -61,8 +61,8 @@ class MLP(nn.Module):
         epsilon=self.batchnorm_epsilon, name=name)
     if self.input_batchnorm:
       x = batchnorm(INPUT_BATCHNORM)(x, mask=real)
-    if self.input_dropout:
-      x = nn.Dropout(self.input_dropout, deterministic=not train, name="input_dropout")(x)
+    if hyperparams.active(self.input_dropout):
+      x = layers.Dropout(self.input_dropout, name="input_dropout")(x, deterministic=not train)
     x = self._noise(x, train)
     init = KERNEL_INITS[self.kernel_init]
     rates = tuple(self.dropout) or (0.0,) * len(self.hidden_sizes)
@@ -74,14 +74,14 @@ class MLP(nn.Module):
         x = batchnorm(f"{HIDDEN_BATCHNORM}_{i}")(x, mask=real)
       x = self._noise(x, train)
       x = maxout(x, pieces) if self.activation == "maxout" else ACTIVATIONS[self.activation](x)
-      if rate:
-        x = nn.Dropout(rate, deterministic=not train, name=f"dropout_{i}")(x)
+      if hyperparams.active(rate):
+        x = layers.Dropout(rate, name=f"dropout_{i}")(x, deterministic=not train)
     logits = nn.Dense(self.num_classes, kernel_init=init, dot_general=dense_dot_general,
                       name=LOGITS)(x)
     return batchnorm(LOGITS_BATCHNORM)(logits, mask=real) if self.logits_batchnorm else logits
 
   def _noise(self, x, train: bool):
-    if not (train and self.gaussian_noise):
+    if not (train and hyperparams.active(self.gaussian_noise)):
       return x
     # From the "dropout" stream, so train_step's one key drives every random choice of a step.
     return x + self.gaussian_noise * jax.random.normal(self.make_rng("dropout"), x.shape, x.dtype)
@@ -93,6 +93,14 @@ MODELS = {"mlp": MLP, "ladder": ladder.LadderMLP, "nnx_mlp": nnx_mlp.NNXBridgeML
 
 def build(model_config) -> nn.Module:
   return layers.from_config(MODELS[model_config.name], model_config)
+
+
+def with_values(model: nn.Module, values: dict) -> nn.Module:
+  """`model` with fields replaced by (traced) values, {field: value}: a sweep's point. A per-layer
+  field (a sequence) gets the value for every layer."""
+  return model.clone(**{field: hyperparams.per_layer(getattr(model, field), value,
+                                                     len(model.hidden_sizes))
+                         for field, value in values.items()})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `OPTIMIZERS` and `SCHEDULES` are the registries config validation reads: adding an optimizer is one
 entry here. Every optimizer's learning rate is injected (`optax.inject_hyperparams`), so it is part
-of the optimizer state: logged per epoch, and a vector of rates can be vmapped for a sweep.
+of the optimizer state and logged per epoch; a sweep's fields are injected too, so a vector of
+values can be vmapped (`make_optimizer(..., swept)`, `with_hyperparams`).
 Also here: max-norm weight constraints and the moving average of the weights.
 """
 
@@ -28,24 +29,34 @@ def _adamw(c, learning_rate, momentum):
                                                weight_decay=c.weight_decay)
 
 
+def _momentum_args(momentum):
+  """(momentum for optax, static_args): a Python number is compiled in (0: no momentum buffer at
+  all); a schedule, or an array (a swept momentum, 0 included), is injected into the state."""
+  if isinstance(momentum, (int, float)):
+    return momentum or None, ("momentum",)
+  return momentum, ()
+
+
 def _rmsprop(c, learning_rate, momentum):
   # Keras: v = rho v + (1-rho) g^2; w -= lr g / sqrt(v + eps), v starting at 0.
-  return optax.inject_hyperparams(optax.rmsprop, static_args=("eps_in_sqrt", "momentum"))(
-      learning_rate, decay=c.rho, eps=c.eps, eps_in_sqrt=True, momentum=momentum or None)
+  momentum, static = _momentum_args(momentum)
+  return optax.inject_hyperparams(optax.rmsprop, static_args=("eps_in_sqrt", *static))(
+      learning_rate, decay=c.rho, eps=c.eps, eps_in_sqrt=True, momentum=momentum)
 
 
 def _sgd(c, learning_rate, momentum):
-  if callable(momentum):  # a schedule: injected too, so it is part of the state
-    return optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
-        learning_rate, momentum=momentum, nesterov=c.nesterov)
-  return optax.inject_hyperparams(optax.sgd, static_args=("momentum", "nesterov"))(
-      learning_rate, momentum=momentum or None, nesterov=c.nesterov)
+  momentum, static = _momentum_args(momentum)
+  return optax.inject_hyperparams(optax.sgd, static_args=("nesterov", *static))(
+      learning_rate, momentum=momentum, nesterov=c.nesterov)
 
 
-# config.optimizer.name -> factory(optimizer config, learning rate or schedule, momentum or
-# schedule).
+# config.optimizer.name -> factory(optimizer config, learning rate or schedule, momentum: a
+# number, a schedule, or None for none).
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop, "sgd": _sgd}
+
+# A config.optimizer field's name among the injected hyperparameters, where it differs.
+_INJECTED_NAMES = {"rho": "decay"}
 
 
 def _linear_tail(c, total: int, steps_per_epoch: int):
@@ -57,7 +68,7 @@ def _linear_tail(c, total: int, steps_per_epoch: int):
 
 
 # config.optimizer.schedule -> the learning rate at each step, from (config, total steps, steps per
-# epoch); "constant" is the plain number, so a sweep can replace it in the optimizer state.
+# epoch); "constant" is the plain number, injected, so a sweep replaces it in the state.
 SCHEDULES: dict[str, Callable] = {
     "constant": lambda c, total, steps_per_epoch: c.learning_rate,
     "cosine": lambda c, total, steps_per_epoch: optax.cosine_decay_schedule(c.learning_rate, total),
@@ -81,35 +92,71 @@ def momentum_schedule(c, steps_per_epoch: Optional[int]):
 
 
 def make_optimizer(opt_config, steps_per_epoch: Optional[int] = None,
-                   epochs: Optional[int] = None) -> optax.GradientTransformation:
-  """The optax optimizer of `config.optimizer`; schedules need the run's length in steps."""
+                   epochs: Optional[int] = None, swept=()) -> optax.GradientTransformation:
+  """The optax optimizer of `config.optimizer`; schedules need the run's length in steps.
+
+  `swept` names the fields a sweep varies (e.g. ("learning_rate", "momentum")): each becomes a
+  hyperparameter in the optimizer state, which `with_hyperparams` sets per replica. A swept
+  learning rate under a schedule is the schedule's peak: the schedule runs with peak 1 and the
+  update is scaled by the injected peak (every schedule here is linear in its peak).
+  """
   if (opt_config.schedule != "constant" or opt_config.momentum_ramp_epochs) and not (
       steps_per_epoch and epochs):
     raise ConfigError(f"schedule {opt_config.schedule!r} and momentum_ramp_epochs need "
                       f"steps_per_epoch and epochs.")
   total = (steps_per_epoch or 0) * (epochs or 0)
-  learning_rate = SCHEDULES[opt_config.schedule](opt_config, total, steps_per_epoch)
-  tx = OPTIMIZERS[opt_config.name](opt_config, learning_rate,
-                                   momentum_schedule(opt_config, steps_per_epoch))
-  if opt_config.grad_clip_norm:
+  scaled_peak = "learning_rate" in swept and opt_config.schedule != "constant"
+  schedule_config = opt_config
+  if scaled_peak:
+    schedule_config = opt_config.copy_and_resolve_references()
+    schedule_config.unlock().learning_rate = 1.0
+  learning_rate = SCHEDULES[opt_config.schedule](schedule_config, total, steps_per_epoch)
+  momentum = momentum_schedule(opt_config, steps_per_epoch)
+  if "momentum" in swept and not callable(momentum):
+    momentum = jnp.asarray(momentum, jnp.float32)  # an array is injected, also where it is 0
+  tx = OPTIMIZERS[opt_config.name](opt_config, learning_rate, momentum)
+  if scaled_peak:
+    tx = optax.chain(tx, optax.inject_hyperparams(_scale_by_peak)(opt_config.learning_rate))
+  if "grad_clip_norm" in swept:
+    tx = optax.chain(optax.inject_hyperparams(clip_by_global_norm)(opt_config.grad_clip_norm), tx)
+  elif opt_config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
-  if opt_config.max_norm:
+  if "max_norm" in swept:
+    tx = optax.chain(tx, optax.inject_hyperparams(max_norm_projection, static_args=("logits",))(
+        opt_config.max_norm, logits=opt_config.max_norm_logits))
+  elif opt_config.max_norm:
     tx = optax.chain(tx, max_norm_projection(opt_config.max_norm, opt_config.max_norm_logits))
   return tx
+
+
+def _scale_by_peak(peak_learning_rate) -> optax.GradientTransformation:
+  return optax.scale(peak_learning_rate)
+
+
+def clip_by_global_norm(grad_clip_norm) -> optax.GradientTransformation:
+  """`optax.clip_by_global_norm`, off where `grad_clip_norm` is 0 (a swept value may be)."""
+  clip = optax.clip_by_global_norm(grad_clip_norm)
+
+  def update_fn(updates, state, params=None):
+    clipped, state = clip.update(updates, state, params)
+    return jax.tree.map(lambda c, u: jnp.where(grad_clip_norm > 0, c, u), clipped, updates), state
+
+  return optax.GradientTransformation(clip.init, update_fn)
 
 
 def max_norm_projection(max_norm: float, logits: bool = False) -> optax.GradientTransformation:
   """After the step, scale each hidden unit's incoming weights (a column of a hidden kernel) back
   to L2 norm `max_norm` if larger (Srivastava et al. 2014): dropout nets can then take large
   steps without their weights growing without bound. The logits layer is left free unless
-  `logits` (pylearn2's max_col_norm on the softmax layer, as in the maxout networks).
+  `logits` (pylearn2's max_col_norm on the softmax layer, as in the maxout networks). 0 = off.
   """
   def project(path, update, param):
     if not (layers.is_hidden_kernel(path) or (logits and layers.is_logits_kernel(path))):
       return update
     new = param + update
     norms = jnp.sqrt(jnp.sum(new * new, axis=0, keepdims=True))
-    return new * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12)) - param
+    scale = jnp.where(max_norm > 0, jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12)), 1.0)
+    return new * scale - param
 
   def update_fn(updates, state, params):
     return jax.tree_util.tree_map_with_path(project, updates, params), state
@@ -138,17 +185,42 @@ def _map_injected(fn, opt_state):
   return jax.tree.map(lambda s: fn(s) if _is_injected(s) else s, opt_state, is_leaf=_is_injected)
 
 
+def _injected(opt_state) -> dict:
+  """Every injected hyperparameter in opt_state, by name."""
+  found = {}
+  _map_injected(lambda s: found.update(s.hyperparams) or s, opt_state)
+  return found
+
+
 def learning_rate(opt_state) -> jax.Array:
-  """The learning rate of the most recent step."""
-  found = []
-  _map_injected(lambda s: found.append(s.hyperparams["learning_rate"]) or s, opt_state)
-  return found[0]
+  """The learning rate of the most recent step (a swept schedule's value times its peak)."""
+  found = _injected(opt_state)
+  return found["learning_rate"] * found.get("peak_learning_rate", 1.0)
 
 
-def with_learning_rate(opt_state, value):
-  """opt_state with its injected (constant) learning rate replaced, e.g. for a sweep."""
-  def replace(s):
-    current = s.hyperparams["learning_rate"]
-    return s._replace(hyperparams={**s.hyperparams,
-                                   "learning_rate": jnp.asarray(value, current.dtype)})
-  return _map_injected(replace, opt_state)
+def sweepable_fields(opt_config, fields, epochs: int = 1) -> set:
+  """Which of the config.optimizer `fields` this optimizer reads as injected hyperparameters, so
+  a sweep can set them (adam has no momentum, sgd no b1): read off the state it would make."""
+  tx = make_optimizer(opt_config, steps_per_epoch=1, epochs=epochs, swept=tuple(fields))
+  injected = _injected(jax.eval_shape(tx.init, {"w": jnp.zeros(1)}))
+  names = {_INJECTED_NAMES.get(f, f): f for f in fields}
+  return {names[n] for n in injected if n in names} | (
+      {"learning_rate"} if "peak_learning_rate" in injected else set())
+
+
+def with_hyperparams(opt_state, values: dict):
+  """opt_state with injected hyperparameters set: {config.optimizer field: value}, a sweep's
+  point (the optimizer made with those fields in `swept`)."""
+  injected = _injected(opt_state)
+  names = {field: ("peak_learning_rate" if field == "learning_rate"
+                   and "peak_learning_rate" in injected else _INJECTED_NAMES.get(field, field))
+           for field in values}
+  missing = [field for field, name in names.items() if name not in injected]
+  if missing:
+    raise ValueError(f"The optimizer state has no injected {missing}: make the optimizer with "
+                     f"swept={tuple(values)}.")
+
+  by_name = {name: values[field] for field, name in names.items()}
+  return _map_injected(lambda s: s._replace(hyperparams={
+      name: jnp.asarray(by_name[name], value.dtype) if name in by_name else value
+      for name, value in s.hyperparams.items()}), opt_state)

@@ -1,31 +1,40 @@
-"""Many models in one program: seeds x learning rates as a leading axis on the state, `jax.vmap`ped.
+"""Many models in one program: seeds x a sweep's grid as a leading axis on the state, `jax.vmap`ped.
 
-`config.num_seeds` and `config.sweep.learning_rate` make a grid of replicas. One vmapped program
-turns the R models' matrix products into batched products, so R replicas cost far less than R runs
-when one small model leaves the machine idle, and a sweep's learning rate is data in the optimizer
-state, not a recompilation. `init_run` builds what a run needs, for one model or many, behind the
-same interface.
+`config.num_seeds` and `config.sweep` (any field of `hyperparams.SWEEPABLE`) make a grid of
+replicas. One vmapped program turns the R models' matrix products into batched products, so R
+replicas cost far less than R runs when one small model leaves the machine idle, and a swept
+value is data (one per replica), not a recompilation. `init_run` builds what a run needs, for one
+model or many, behind the same interface.
 """
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import cpu_tuning, data, optim, train
+from mnist_jax import cpu_tuning, data, hyperparams, train
 
 
 def replica_settings(config) -> list[dict]:
-  """One {'seed', 'learning_rate'} per replica: the grid of config.sweep x config.num_seeds.
+  """One {"seed", "group.field": value, ...} per replica: the product of the swept fields' values
+  (the last varying fastest), each with config.num_seeds seeds.
 
-  Replica k of an N-seed run uses seed config.seed + k, so it equals a single run with that seed.
+  Replica k of a point uses seed config.seed + k, so it equals the single run with that seed and
+  those values.
   """
-  rates = tuple(config.sweep.learning_rate) or (config.optimizer.learning_rate,)
-  return [{"seed": config.seed + k, "learning_rate": float(lr)}
-          for lr in rates for k in range(config.num_seeds)]
+  swept = hyperparams.swept(config)
+  return [{"seed": config.seed + k, **dict(zip(swept, point))}
+          for point in itertools.product(*swept.values()) for k in range(config.num_seeds)]
+
+
+def hyperparams_of(settings: list[dict]) -> dict[str, jax.Array]:
+  """The swept values of `replica_settings` as data: {"group.field": (R,) float32 array}."""
+  names = [name for name in settings[0] if name != "seed"]
+  return {name: jnp.array([s[name] for s in settings], jnp.float32) for name in names}
 
 
 def create_replica_states(config, input_dim: int = 784,
@@ -33,14 +42,12 @@ def create_replica_states(config, input_dim: int = 784,
   """Stacked TrainStates (leading axis R) for `replica_settings(config)`, made by one vmap."""
   settings = replica_settings(config)
   seeds = jnp.array([r["seed"] for r in settings])
-  rates = jnp.array([r["learning_rate"] for r in settings], jnp.float32)
 
-  def one(seed, rate):
-    state = train.create_train_state(train.run_keys(seed, config.rng_impl)["init"], config,
-                                     input_dim, steps_per_epoch)
-    return state.replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
+  def one(seed, values):
+    return train.create_train_state(train.run_keys(seed, config.rng_impl)["init"], config,
+                                    input_dim, steps_per_epoch, values)
 
-  return jax.jit(jax.vmap(one))(seeds, rates)
+  return jax.jit(jax.vmap(one))(seeds, hyperparams_of(settings))
 
 
 @functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "objective", "mesh"),
@@ -48,20 +55,27 @@ def create_replica_states(config, input_dim: int = 784,
 def train_epoch_replicas(states: train.TrainState, images: jax.Array, labels: jax.Array,
                          keys: jax.Array, batch_size: int,
                          objective: train.Objective = train.Objective(),
-                         mesh: Optional[jax.sharding.Mesh] = None):
-  """`train.train_epoch` for R independent replicas: `states` and `keys` have a leading axis R."""
-  one = lambda state, key: train.train_epoch.__wrapped__(state, images, labels, key, batch_size,
-                                                         objective, mesh)
-  return jax.vmap(one)(states, keys)
+                         mesh: Optional[jax.sharding.Mesh] = None,
+                         hyperparams: Optional[dict] = None):
+  """`train.train_epoch` for R independent replicas: `states`, `keys` and the `hyperparams`
+  values have a leading axis R."""
+  one = lambda state, key, values: train.train_epoch.__wrapped__(
+      state, images, labels, key, batch_size, objective, mesh, values)
+  return jax.vmap(one)(states, keys, hyperparams or {})
 
 
 @functools.partial(cpu_tuning.jit, static_argnames=("batch_size", "mesh", "adversarial_epsilon"))
 def evaluate_replicas(states: train.TrainState, images: jax.Array, labels: jax.Array,
                       batch_size: int = 2000, mesh: Optional[jax.sharding.Mesh] = None,
-                      adversarial_epsilon: float = 0.0):
-  """`train.evaluate` for R replicas: metric sums with a leading axis R."""
-  return jax.vmap(lambda state: train.evaluate.__wrapped__(
-      state, images, labels, batch_size, mesh, adversarial_epsilon))(states)
+                      adversarial_epsilon: float = 0.0, hyperparams: Optional[dict] = None):
+  """`train.evaluate` for R replicas: metric sums with a leading axis R. A swept
+  train.adversarial_epsilon in `hyperparams` attacks each replica with its own."""
+  epsilons = (hyperparams or {}).get("train.adversarial_epsilon")
+  if epsilons is None:
+    return jax.vmap(lambda state: train.evaluate.__wrapped__(
+        state, images, labels, batch_size, mesh, adversarial_epsilon))(states)
+  return jax.vmap(lambda state, eps: train.evaluate.__wrapped__(
+      state, images, labels, batch_size, mesh, eps))(states, epsilons)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +83,8 @@ class RunFunctions:
   """A run's initial state and the functions that train it, for one model or R replicas alike.
 
   With replicas, `state` has a leading axis R, `keys_of_epoch(epoch)` returns R keys, and
-  `train_epoch` / `evaluate` return metric sums with a leading axis R.
+  `train_epoch` / `evaluate` (which hold the sweep's values) return metric sums with a leading
+  axis R.
   """
   state: train.TrainState
   settings: list[dict]  # replica_settings(config): one entry per model
@@ -105,5 +120,8 @@ def init_run(config, train_split: data.Split) -> RunFunctions:
   seeds = jnp.array([r["seed"] for r in settings])
   keys_of_epoch = jax.jit(lambda epoch: jax.vmap(
       lambda s: train.epoch_key(train.run_keys(s, config.rng_impl)["epochs"], epoch))(seeds))
+  values = hyperparams_of(settings)
   return RunFunctions(create_replica_states(config, input_dim, steps_per_epoch), settings,
-                      keys_of_epoch, train_epoch_replicas, evaluate_replicas)
+                      keys_of_epoch,
+                      functools.partial(train_epoch_replicas, hyperparams=values),
+                      functools.partial(evaluate_replicas, hyperparams=values))

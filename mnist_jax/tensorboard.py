@@ -40,7 +40,8 @@ def import_tensorboardx():
 
 
 def replica_name(setting: dict) -> str:
-  """A replica's TensorBoard run: its seed and swept values, e.g. "seed=1,learning_rate=0.003"."""
+  """A replica's TensorBoard run: its seed and swept values, e.g.
+  "seed=1,optimizer.learning_rate=0.003"."""
   return ",".join(f"{key}={value:g}" for key, value in setting.items())
 
 

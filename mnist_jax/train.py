@@ -27,6 +27,7 @@ import optax
 from flax.training import train_state
 
 from mnist_jax import adversarial, cpu_tuning, models, optim, parallel
+from mnist_jax.hyperparams import active, in_group
 
 
 class TrainState(train_state.TrainState):
@@ -40,26 +41,40 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(key: jax.Array, config, input_dim: int = 784,
-                       steps_per_epoch: Optional[int] = None) -> TrainState:
+                       steps_per_epoch: Optional[int] = None,
+                       hyperparams: Optional[dict] = None) -> TrainState:
   """A fresh TrainState: parameters initialised from `key`, optimizer from `config.optimizer`.
 
+  `hyperparams` ({"group.field": value}, hyperparams.SWEEPABLE) are a sweep's point, to be passed
+  to every `train_step` too: the swept optimizer fields go into the optimizer state, and the
+  model is initialised with its swept fields, so it has every part they switch on.
   Built by one compiled call rather than a dozen small eager ones (each a compilation, or a
   cache lookup, at start-up).
   """
+  values = hyperparams or {}
   model = models.build(config.model)
-  tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.train.epochs)
+  optimizer_values = in_group(values, "optimizer")
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch, config.train.epochs,
+                            swept=tuple(optimizer_values))
   ema_decay = float(config.train.ema_decay)
+  with_ema = active(values.get("train.ema_decay", ema_decay))
 
   @jax.jit
-  def create(key):
-    variables = model.init({"params": key}, jnp.zeros((1, input_dim), jnp.float32), train=False)
+  def create(key, values):
+    init_model = models.with_values(model, in_group(values, "model"))
+    variables = init_model.init({"params": key}, jnp.zeros((1, input_dim), jnp.float32),
+                                train=False)
     params = variables["params"]
-    return TrainState.create(apply_fn=model.apply, params=params,
-                             batch_stats=variables.get("batch_stats", {}), tx=tx,
-                             ema_params=jax.tree.map(jnp.copy, params) if ema_decay else {},
-                             ema_decay=ema_decay)
+    state = TrainState.create(apply_fn=model.apply, params=params,
+                              batch_stats=variables.get("batch_stats", {}), tx=tx,
+                              ema_params=jax.tree.map(jnp.copy, params) if with_ema else {},
+                              ema_decay=ema_decay)
+    if optimizer_values:
+      state = state.replace(opt_state=optim.with_hyperparams(
+          state.opt_state, in_group(values, "optimizer")))
+    return state
 
-  return create(key)
+  return create(key, values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,20 +116,27 @@ class Objective:
 
 @functools.partial(jax.jit, static_argnames=("objective",))
 def train_step(state: TrainState, batch: dict, rng: jax.Array,
-               objective: Objective = Objective()):
+               objective: Objective = Objective(), hyperparams: Optional[dict] = None):
   """One optimizer step: returns the new state and the batch's metric sums.
 
   The loss is the mean cross-entropy over the real (mask 1) examples, so a padded tail batch
   takes the same step Keras takes on its short last batch, plus any cost the model adds to its
   "losses" collection (`self.sow`; e.g. a Ladder network's denoising cost) and the adversarial
-  terms `objective` asks for. The metrics are the plain cross-entropy's.
+  terms `objective` asks for. The metrics are the plain cross-entropy's. `hyperparams`, a sweep's
+  point as in `create_train_state`, replace the model's and the objective's fields by data.
   """
   mask = _mask(batch)
   labels, images = batch["label"], batch["image"]
+  values = hyperparams or {}
+  model_values = in_group(values, "model")
+  apply_fn = (models.with_values(state.apply_fn.__self__, model_values).apply if model_values
+              else state.apply_fn)
+  objective = dataclasses.replace(objective, **{
+      k: v for k, v in in_group(values, "train").items() if k in Objective.__dataclass_fields__})
 
   def loss_fn(params):
     def forward(x):  # a training pass with this step's noise; its statistic updates are kept
-      return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+      return apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
                             mask=mask, rngs={"dropout": rng}, mutable=["batch_stats", "losses"])
 
     def mean_loss(logits):
@@ -125,12 +147,12 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
 
     logits, updates = forward(images)
     loss, losses = mean_loss(logits)
-    if objective.adversarial_epsilon:
+    if active(objective.adversarial_epsilon):
       adversarial_loss = adversarial.adversarial_training_loss(
           lambda x: mean_loss(forward(x)[0])[0], images, epsilon=objective.adversarial_epsilon)
       loss = (objective.adversarial_alpha * loss
               + (1.0 - objective.adversarial_alpha) * adversarial_loss)
-    if objective.vat_epsilon:
+    if active(objective.vat_epsilon):
       loss = loss + objective.vat_weight * adversarial.virtual_adversarial_loss(
           lambda x: forward(x)[0], images, logits, jax.random.fold_in(rng, 1),
           epsilon=objective.vat_epsilon, xi=objective.vat_xi,
@@ -142,9 +164,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
 
   grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-  if state.ema_decay:
-    state = state.replace(ema_params=optim.ema_update(state.ema_params, state.params,
-                                                      state.ema_decay, state.step))
+  if state.ema_params:
+    decay = values.get("train.ema_decay", state.ema_decay)
+    state = state.replace(ema_params=optim.ema_update(state.ema_params, state.params, decay,
+                                                      state.step))
   return state, _batch_metrics(logits, labels, mask, losses)
 
 
@@ -160,7 +183,7 @@ def eval_step(state: TrainState, batch: dict, adversarial_epsilon: float = 0.0):
   logits = predict_logits(state, images)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   metrics = _batch_metrics(logits, labels, mask, losses)
-  if adversarial_epsilon:
+  if active(adversarial_epsilon):
     loss_of_images = lambda x: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
         predict_logits(state, x), labels) * mask)
     attacked = predict_logits(state, images + adversarial.fgsm_perturbation(
@@ -213,13 +236,13 @@ def _batched_indices(order: jax.Array, batch_size: int):
                    donate_argnames=("state",))
 def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array,
                 batch_size: int, objective: Objective = Objective(),
-                mesh: Optional[jax.sharding.Mesh] = None):
+                mesh: Optional[jax.sharding.Mesh] = None, hyperparams: Optional[dict] = None):
   """One pass over (images, labels) in a fresh random order: `lax.scan` over `train_step`.
 
   Every example is used exactly once, the last partial batch included (padded and masked, so
   there is one compiled shape). With a `mesh`, each batch is sharded over its "data" axis.
   Returns the new state, the epoch's metric sums, and the index of the first step whose loss
-  was not finite (-1 if none).
+  was not finite (-1 if none). `hyperparams`: a sweep's point, as for `train_step`.
   """
   perm_key, dropout_key = jax.random.split(key)
   indices, mask = _batched_indices(jax.random.permutation(perm_key, images.shape[0]), batch_size)
@@ -227,7 +250,7 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: ja
   def step(state, inputs):
     i, idx, m = inputs
     batch = parallel.shard_batch({"image": images[idx], "label": labels[idx], "mask": m}, mesh)
-    return train_step(state, batch, jax.random.fold_in(dropout_key, i), objective)
+    return train_step(state, batch, jax.random.fold_in(dropout_key, i), objective, hyperparams)
 
   state, per_step = jax.lax.scan(step, state, (jnp.arange(indices.shape[0]), indices, mask))
   sums = jax.tree.map(jnp.sum, per_step)
@@ -246,10 +269,12 @@ def evaluate(state: TrainState, images: jax.Array, labels: jax.Array, batch_size
   def step(sums, inputs):
     idx, m = inputs
     batch = parallel.shard_batch({"image": images[idx], "label": labels[idx], "mask": m}, mesh)
-    return jax.tree.map(jnp.add, sums, eval_step(state, batch, adversarial_epsilon)), None
+    # eval_step's own jit would need a static epsilon; a sweep's is traced (replicas).
+    step_sums = eval_step.__wrapped__(state, batch, adversarial_epsilon)
+    return jax.tree.map(jnp.add, sums, step_sums), None
 
   zeros = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  if adversarial_epsilon:
+  if active(adversarial_epsilon):
     zeros["adversarial_correct"] = 0.0
   sums, _ = jax.lax.scan(step, jax.tree.map(jnp.float32, zeros), (indices, mask))
   return sums

@@ -14,7 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import data, models, parallel, replicas, train
+from mnist_jax import data, hyperparams, models, parallel, replicas, train
 from mnist_jax.errors import ConfigError
 
 log = logging.getLogger("mnist_jax")
@@ -73,9 +73,11 @@ class Trainer:
       log.info("Model summary:\n%s", summary)
       return
     log.info("Model summary (each replica):\n%s", summary)
-    log.info("Training %d replicas in one vmapped program (seed, learning rate): %s",
-             fns.num_replicas,
-             ", ".join(f"({r['seed']}, {r['learning_rate']:g})" for r in fns.settings))
+    grid = [f"{self.config.num_seeds} seed(s)"] + [
+        f"{name} ({', '.join(f'{v:g}' for v in values)})"
+        for name, values in hyperparams.swept(self.config).items()]
+    log.info("Training %d replicas in one vmapped program: %s.", fns.num_replicas,
+             " x ".join(grid))
 
 
 def _load_splits(config) -> data.Splits:

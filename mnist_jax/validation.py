@@ -8,7 +8,7 @@ import functools
 
 import ml_collections
 
-from mnist_jax import data, early_stopping, ladder, layers, models, optim, train
+from mnist_jax import data, early_stopping, hyperparams, ladder, layers, models, optim, train
 from mnist_jax.defaults import default_config
 from mnist_jax.errors import ConfigError
 
@@ -51,12 +51,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(train.batch_size >= 1, f"config.train.batch_size={train.batch_size} must be positive.")
   require(train.eval_batch_size >= 1,
           f"config.train.eval_batch_size={train.eval_batch_size} must be positive.")
-  require(opt.learning_rate > 0,
-          f"config.optimizer.learning_rate={opt.learning_rate} must be positive.")
   require(0 <= opt.warmup_epochs < train.epochs or opt.schedule != "warmup_cosine",
           f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be in [0, epochs).")
-  require(0 <= train.label_smoothing < 1,
-          f"config.train.label_smoothing={train.label_smoothing} must be in [0, 1).")
   require(train.checkpoint_every >= 1,
           f"config.train.checkpoint_every={train.checkpoint_every} must be at least 1.")
   require(train.keep_checkpoints >= 1,
@@ -72,11 +68,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.model.num_classes={model.num_classes} must be at least 2 (MNIST: 10).")
   require(all(int(h) >= 1 for h in model.hidden_sizes),
           f"config.model.hidden_sizes={tuple(model.hidden_sizes)} must be positive integers.")
-  rates = tuple(model.dropout) + (model.input_dropout,)
-  require(all(0 <= r < 1 for r in rates),
-          f"dropout rates {rates} must each be in [0, 1): a rate of 1 drops everything.")
-  require(model.gaussian_noise >= 0,
-          f"config.model.gaussian_noise={model.gaussian_noise} must be >= 0 (0 = off).")
   require(len(model.dropout) in (0, len(model.hidden_sizes)),
           f"config.model.dropout={tuple(model.dropout)} needs one rate per hidden layer "
           f"({len(model.hidden_sizes)}), or () for none.")
@@ -85,12 +76,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.mesh.num_devices >= 0,
           f"config.mesh.num_devices={config.mesh.num_devices} must be >= 0 (0 = all devices).")
   require(config.num_seeds >= 1, f"config.num_seeds={config.num_seeds} must be at least 1.")
-  require(all(lr > 0 for lr in config.sweep.learning_rate),
-          f"config.sweep.learning_rate={tuple(config.sweep.learning_rate)} must all be positive.")
-  require(not config.sweep.learning_rate or opt.schedule == "constant",
-          "config.sweep.learning_rate needs config.optimizer.schedule='constant' (a schedule "
-          "recomputes the learning rate every step).")
-  require(opt.max_norm >= 0, f"config.optimizer.max_norm={opt.max_norm} must be >= 0 (0 = off).")
   require(opt.momentum_ramp_epochs >= 0 and (not opt.momentum_ramp_epochs or (
       opt.name == "sgd" and 0 <= opt.momentum_final < 1)),
           f"config.optimizer.momentum_ramp_epochs={opt.momentum_ramp_epochs} must be >= 0 (0 = "
@@ -98,8 +83,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"momentum_final={opt.momentum_final} in [0, 1).")
   require(model.maxout_pieces >= 1,
           f"config.model.maxout_pieces={model.maxout_pieces} must be at least 1.")
-  require(0 <= train.ema_decay < 1,
-          f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0 = off; e.g. 0.999).")
   if model.name in models.MODELS:
     # A field the chosen model does not have would be ignored without a word.
     fields = set(models.MODELS[model.name].__dataclass_fields__) | {"name"}
@@ -126,22 +109,80 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(opt.schedule != "linear_tail" or 0 < opt.decay_epochs <= train.epochs,
           f"config.optimizer.decay_epochs={opt.decay_epochs} must be in (0, epochs] for the "
           f"linear_tail schedule.")
-  require(train.vat_epsilon >= 0 and train.vat_xi > 0 and train.vat_iterations >= 1
-          and train.vat_weight >= 0,
-          f"config.train.vat_epsilon={train.vat_epsilon} (>= 0), vat_xi={train.vat_xi} (> 0), "
-          f"vat_iterations={train.vat_iterations} (>= 1) and vat_weight={train.vat_weight} "
-          f"(>= 0) are out of range.")
+  require(train.vat_xi > 0 and train.vat_iterations >= 1,
+          f"config.train.vat_xi={train.vat_xi} (> 0) and vat_iterations={train.vat_iterations} "
+          f"(>= 1) are out of range.")
   require(train.monitor != "val_adversarial_accuracy" or train.adversarial_epsilon > 0,
           "config.train.monitor='val_adversarial_accuracy' measures the attack of adversarial "
           "training: set config.train.adversarial_epsilon > 0 (e.g. 0.25), or monitor "
           "val_accuracy.")
-  require(train.adversarial_epsilon >= 0 and 0 <= train.adversarial_alpha <= 1,
-          f"config.train.adversarial_epsilon={train.adversarial_epsilon} must be >= 0 and "
-          f"adversarial_alpha={train.adversarial_alpha} in [0, 1].")
   require(data.train_subset >= 0,
           f"config.data.train_subset={data.train_subset} must be >= 0 (0 = all).")
+  problems += _range_problems(config)
+  if not problems:
+    problems += _sweep_problems(config)
   if problems:
     raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+def _range_problems(config) -> list[str]:
+  """Every sweepable field's values, the config's own and the sweep's, within its range."""
+  problems = []
+  flat, swept = hyperparams.flatten(config.to_dict()), hyperparams.swept(config)
+  for name, valid in hyperparams.SWEEPABLE.items():
+    value = flat[name]
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not all(v in valid for v in values):
+      problems.append(f"config.{name}={value!r} must {'each ' * (values != (value,))}be in "
+                      f"{valid}.")
+    bad = [v for v in swept.get(name, ()) if v not in valid]
+    if bad:
+      problems.append(f"config.sweep.{name}: {', '.join(map(repr, bad))} must be in {valid}.")
+  return problems
+
+
+def _read_fields(config) -> set:
+  """The sweepable fields this config reads: swept, each gives replicas that differ."""
+  model, train = config.model, config.train
+  swept = hyperparams.swept(config)
+  optimizer_fields = [f for f in hyperparams.in_group(swept, "optimizer")
+                      if f"optimizer.{f}" in hyperparams.SWEEPABLE]
+  reads = {f"optimizer.{f}" for f in optim.sweepable_fields(config.optimizer, optimizer_fields,
+                                                            train.epochs)} if optimizer_fields else set()
+  if model.name != "nnx_mlp":  # its NNX module is built from Python numbers
+    reads |= {f"model.{f}" for f in models.MODELS[model.name].__dataclass_fields__}
+  reads |= {name for name in hyperparams.SWEEPABLE if name.startswith("train.")}
+  for weight, switch in (("vat_weight", "vat_epsilon"), ("adversarial_alpha", "adversarial_epsilon")):
+    if not (train[switch] or f"train.{switch}" in swept):
+      reads.discard(f"train.{weight}")
+  return reads
+
+
+def _sweep_problems(config) -> list[str]:
+  """Each swept field must be sweepable and read by this config; asked only of a config whose
+  other fields are valid (the optimizer is built to see which fields it reads)."""
+  problems, reads = [], _read_fields(config)
+  model, opt, train = config.model, config.optimizer, config.train
+  for name in hyperparams.swept(config):
+    if name == "learning_rate":
+      problems.append("config.sweep.learning_rate is now config.sweep.optimizer.learning_rate.")
+    elif name not in hyperparams.SWEEPABLE:
+      problems.append(f"config.sweep.{name} is not a sweep field (those are "
+                      f"{', '.join(hyperparams.SWEEPABLE)}).")
+    elif name not in reads:
+      why = {"model": f"model {model.name!r}" + (
+                 ", whose NNX module is built from Python numbers" if model.name == "nnx_mlp"
+                 else ""),
+             "optimizer": f"optimizer {opt.name!r}",
+             "train": f"vat_epsilon={train.vat_epsilon}" if name == "train.vat_weight"
+                      else f"adversarial_epsilon={train.adversarial_epsilon}"}[name.split(".")[0]]
+      problems.append(f"config.sweep.{name}: this config does not read {name} ({why}), so its "
+                      f"replicas would differ in name only. Sweep a field it reads.")
+  if "optimizer.momentum" in hyperparams.swept(config) and opt.momentum_ramp_epochs:
+    problems.append("config.sweep.optimizer.momentum cannot be swept with "
+                    "config.optimizer.momentum_ramp_epochs (a schedule from momentum to "
+                    "momentum_final): set momentum_ramp_epochs=0, or run one process per value.")
+  return problems
 
 
 def _differs(value, default) -> bool:

@@ -65,8 +65,8 @@ def test_cli_names_every_out_of_range_value_at_once(tmp_path):
                    "--config.model.input_dropout=1.0", "--config.data.validation_fraction=1.5",
                    f"--workdir={tmp_path}", check=False)
   assert_clear_error(result, 2, "ERROR: Invalid config", "batch_size=0 must be positive",
-                      "learning_rate=0.0 must be positive", "epochs=0 must be at least 1",
-                      "must each be in [0, 1)", "validation_fraction=1.5 must be in (0, 1)")
+                      "learning_rate=0.0 must be in (0, inf)", "epochs=0 must be at least 1",
+                      "input_dropout=1.0 must be in [0, 1)", "validation_fraction=1.5 must be in (0, 1)")
   assert not any(tmp_path.iterdir())
 
 
@@ -211,6 +211,6 @@ def test_accepted_random_overrides_train(tmp_path_factory):
 def test_a_field_that_is_no_sweep_field_is_refused_with_the_shell_loop():
   result = run_main("--config=adam_mlp", "--config.sweep.model.hidden_sizes=100,300", check=False)
   assert_clear_error(result, 2, "--config.sweep.model.hidden_sizes is not a sweep field",
-                     "--config.sweep.learning_rate",
+                     "--config.sweep.optimizer.learning_rate", "--config.sweep.model.input_dropout",
                      "for v in A B; do python -m mnist_jax.main --config=adam_mlp "
                      "--config.model.hidden_sizes=$v --workdir=runs/adam_mlp-hidden_sizes-$v; done")

@@ -61,7 +61,7 @@ def test_learning_rate_is_read_and_replaced_through_chains(tiny_config):
   tx = optim.make_optimizer(tiny_config.optimizer)
   opt_state = tx.init({"w": jnp.zeros(2)})
   assert float(optim.learning_rate(opt_state)) == pytest.approx(1e-3)
-  replaced = optim.with_learning_rate(opt_state, 0.5)
+  replaced = optim.with_hyperparams(opt_state, {"learning_rate": 0.5})
   assert float(optim.learning_rate(replaced)) == 0.5
   assert float(optim.learning_rate(opt_state)) == pytest.approx(1e-3)  # a new state
 

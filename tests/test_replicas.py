@@ -24,6 +24,7 @@ def subset():
 def _single_run(config, seed, learning_rate, dd, epochs=2):
   config = config.copy_and_resolve_references()
   config.seed, config.optimizer.learning_rate = seed, learning_rate
+  config.sweep.optimizer.learning_rate = ()
   keys = train.run_keys(seed)
   state = train.create_train_state(keys["init"], config)
   for epoch in range(1, epochs + 1):
@@ -35,18 +36,20 @@ def _single_run(config, seed, learning_rate, dd, epochs=2):
 def test_replica_k_equals_single_run_with_seed_k(subset):
   config, dd, _ = subset
   config = config.copy_and_resolve_references()
-  config.num_seeds, config.sweep.learning_rate = 3, (1e-3, 3e-3)
+  config.num_seeds, config.sweep.optimizer.learning_rate = 3, (1e-3, 3e-3)
   settings = replicas.replica_settings(config)
-  assert [(r["seed"], r["learning_rate"]) for r in settings] == [
+  assert [(r["seed"], r["optimizer.learning_rate"]) for r in settings] == [
       (0, 1e-3), (1, 1e-3), (2, 1e-3), (0, 3e-3), (1, 3e-3), (2, 3e-3)]
   states = replicas.create_replica_states(config)
   seeds = jnp.array([r["seed"] for r in settings])
+  values = replicas.hyperparams_of(settings)
   for epoch in (1, 2):
     keys = jax.vmap(lambda s, e=epoch: train.epoch_key(train.run_keys(s)["epochs"], e))(seeds)
-    states, sums, first_bad = replicas.train_epoch_replicas(states, dd.images, dd.labels, keys, 64)
+    states, sums, first_bad = replicas.train_epoch_replicas(states, dd.images, dd.labels, keys, 64,
+                                                            hyperparams=values)
   assert sums["count"].shape == (6,) and np.all(np.asarray(first_bad) == -1)
   for k in (1, 5):
-    single = _single_run(config, settings[k]["seed"], settings[k]["learning_rate"], dd)
+    single = _single_run(config, settings[k]["seed"], settings[k]["optimizer.learning_rate"], dd)
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(states.params)):
       np.testing.assert_allclose(a, b[k], rtol=1e-4, atol=1e-6)
   # Different seeds and rates give different models.
