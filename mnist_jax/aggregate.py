@@ -1,13 +1,17 @@
-"""The seeds of one experiment as one result: mean +- std of their test metrics.
+"""The seeds of one experiment as one result (mean +- std of their test metrics), or a sweep's runs
+as one table of its points.
 
     python -m mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1 runs/ladder-seed2
+    python -m mnist_jax.aggregate runs/adam_mlp-hidden_sizes-*     # a shell loop's sweep
 
 Seeds run one per workdir (`--config.num_seeds=1 --config.seed=K`) and the replicas of a vmapped
 run (`--config.num_seeds=3`) count alike, one row per seed: replica k of a vmapped run is the run
 of seed config.seed + k. Every number is read from the runs' summary.json and metrics.jsonl (the
-test set was used once, by each run); nothing is evaluated again. The runs must be finished and
-share their config up to the seed, so that the table describes one experiment. Prints the Markdown
-table that experiments/RESULTS.md holds, and the commands that reproduce it.
+test set was used once, by each run); nothing is evaluated again. The runs must be finished. Runs
+whose configs share everything up to the seed are one experiment: the Markdown table that
+experiments/RESULTS.md holds, and the commands that reproduce it. Runs that differ in a few fields
+(a shell loop over values of any field, hidden sizes say), or a vmapped sweep, are a sweep: the
+table of `report.sweep_section`, one row per point, the point chosen on validation.
 """
 
 import dataclasses
@@ -16,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mnist_jax import cli, report
+from mnist_jax import cli, hyperparams, report, sweeps
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import AggregateError
@@ -62,10 +66,11 @@ def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
         f"{workdir} has not finished (it has no {workdir_lib.SUMMARY}; {len(history)} of its "
         f"{config.train.epochs} epochs are recorded), so it has no test result yet. Run its "
         f"command again to finish it: {report.reproduce_command(config, workdir)}")
-  if config.sweep.learning_rate:
+  if swept := hyperparams.swept(config):
     raise AggregateError(
-        f"{workdir} is a learning-rate sweep (rates {tuple(config.sweep.learning_rate)}): its "
-        f"replicas are different experiments, not seeds of one. Its report.md compares them.")
+        f"{workdir} is a sweep (of {', '.join(swept)}): its replicas are different "
+        f"experiments, not seeds of one. `python -m mnist_jax.aggregate` of it alone (or with the "
+        f"other runs of the sweep) tabulates its points, as its report.md does.")
   shared = dict(workdir=workdir, tested_epoch=summary.get("tested_epoch", summary["epochs"]),
                 train_seconds=summary["train_seconds"],
                 median_epoch_seconds=float(np.median([r["seconds"] for r in history])))
@@ -141,8 +146,55 @@ def markdown(result: Aggregate) -> str:
   ])
 
 
+# A sweep varies a few fields; runs that differ in more are different experiments.
+MAX_VARIED_FIELDS = 3
+
+
+def _varied_fields(configs: Sequence[dict]) -> list[str]:
+  """The fields (besides the seed) whose values differ between flattened configs."""
+  keys = sorted(set().union(*configs) - set(SEED_FIELDS))
+  return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def is_sweep(workdirs: Sequence) -> bool:
+  """Whether the runs are a sweep: a vmapped one, or runs that differ in a few fields."""
+  configs = [workdir_lib.load_config(pathlib.Path(w)) for w in workdirs]
+  varied = _varied_fields([config_lib.flatten(c.to_dict()) for c in configs])
+  return any(hyperparams.swept(c) for c in configs) or 0 < len(varied) <= MAX_VARIED_FIELDS
+
+
+def sweep_markdown(workdirs: Sequence) -> str:
+  """The sweep's table (a row per point, mean +- std over its seeds), the point chosen on
+  validation, and the commands that reproduce each run."""
+  workdirs = [pathlib.Path(w) for w in workdirs]
+  configs = [workdir_lib.load_config(w) for w in workdirs]
+  flats = [config_lib.flatten(c.to_dict()) for c in configs]
+  varied = _varied_fields(flats)
+  trials = []
+  for workdir, config, flat in zip(workdirs, configs, flats):
+    summary = workdir_lib.read_summary(workdir)
+    if not summary:
+      raise AggregateError(f"{workdir} has not finished (it has no {workdir_lib.SUMMARY}): run "
+                           f"its command again to finish it: "
+                           f"{report.reproduce_command(config, workdir)}")
+    point = {f: flat.get(f) for f in varied if not f.startswith("sweep.")}
+    trials += sweeps.trials_of_run(config, summary, workdir_lib.read_metrics(workdir), point)
+  points = sweeps.points(trials)
+  for p in points:
+    if len(set(p.seeds)) < len(p.seeds):
+      raise AggregateError(f"A seed appears twice at the point {p.point}: it would count twice "
+                           f"in the mean and the spread. Give each seed's run once.")
+  monitor = configs[0].train.monitor
+  return "\n".join([
+      f"{len(trials)} models at {len(points)} points, {len(workdirs)} run(s):", "",
+      *report.sweep_section(trials, configs[0], workdirs[0].parent / "chosen", monitor),
+      "Reproduced by:", "", "```bash",
+      *(report.reproduce_command(c, w) for c, w in zip(configs, workdirs)), "```"])
+
+
 def main(workdirs: list[str]) -> int:
-  print(markdown(aggregate(workdirs)))
+  print(sweep_markdown(workdirs) if workdirs and is_sweep(workdirs)
+        else markdown(aggregate(workdirs)))
   return 0
 
 

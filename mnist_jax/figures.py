@@ -33,6 +33,26 @@ def curves_figure(history: Sequence[dict]):
   return fig
 
 
+def sweep_figure(lines: dict, xlabel: str, ylabel: str, log_x: bool = False,
+                 categories: Optional[Sequence[str]] = None):
+  """A sweep's metric against a swept value: `lines` maps a label (None: no legend) to
+  (xs, means, stds), drawn with error bars; `categories` names the x positions 0, 1, ... where
+  the values are not numbers."""
+  fig = _figure(6.4, 4.2)
+  ax = fig.subplots()
+  for label, (xs, means, stds) in lines.items():
+    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+  if log_x:
+    ax.set_xscale("log")
+  if categories is not None:
+    ax.set_xticks(range(len(categories)), categories)
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' ')[0]} against {xlabel}")
+  ax.grid(alpha=0.3)
+  if any(label is not None for label in lines):
+    ax.legend(fontsize=8)
+  return fig
+
+
 def confusion_matrix_figure(counts: np.ndarray):
   """Counts with labelled axes, each cell annotated (scikit-learn's ConfusionMatrixDisplay)."""
   fig = _figure(6.2, 5.4)

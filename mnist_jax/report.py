@@ -25,11 +25,22 @@ import importlib
 import json
 import pathlib
 import shlex
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from mnist_jax import cli, data, figures, metrics, models, replicas, tensorboard, train
+from mnist_jax import (
+  cli,
+  data,
+  figures,
+  hyperparams,
+  metrics,
+  models,
+  replicas,
+  sweeps,
+  tensorboard,
+  train,
+)
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
@@ -119,18 +130,52 @@ def _epoch_table(history: Sequence[dict]) -> str:
   return markdown_table(["epoch"] + columns, rows)
 
 
-def _replicas_section(summary: dict) -> list[str]:
-  """A run of several replicas: each one's test result; the figures show replica 0."""
-  if "replicas" not in summary:
+def _replicas_section(run: workdir_lib.Run) -> list[str]:
+  """A run of several seeds: each one's test result; the figures show replica 0."""
+  summary = run.summary
+  if "replicas" not in summary or hyperparams.swept(run.config):
     return []
-  rows = [[k, r["seed"], f"{r['learning_rate']:g}", f"{r['test_loss']:.4f}",
-           f"{r['test_accuracy']:.4f}"] for k, r in enumerate(summary["replicas"])]
+  rows = [[k, r["seed"], f"{r['test_loss']:.4f}", f"{r['test_accuracy']:.4f}"]
+          for k, r in enumerate(summary["replicas"])]
   return ["## Replicas", "",
           f"{len(rows)} replicas trained in one vmapped program; the test numbers above are their "
           f"mean (accuracy std {summary['test_accuracy_std']:.4f}), the curves show the mean, and "
           f"the test-set figures below show replica 0.", "",
-          markdown_table(["replica", "seed", "learning rate", "test loss", "test accuracy"], rows),
+          markdown_table(["replica", "seed", "test loss", "test accuracy"], rows),
           ""]
+
+
+def sweep_figure_name(field: str) -> str:
+  return f"sweep_{field}.png"
+
+
+def sweep_section(trials: Sequence[sweeps.Trial], config, workdir, monitor: str,
+                  figure_dir: Optional[str] = None) -> list[str]:
+  """The table of a sweep's points, the point chosen on validation and the command that trains
+  it alone (a vmapped sweep), or the run that holds it (runs from a shell loop); with
+  `figure_dir`, the figures named by `sweep_figure_name` there."""
+  grid = sweeps.points(trials)
+  chosen = sweeps.best(grid, monitor)
+  fields = list(grid[0].point)
+  lines = [markdown_table(*sweeps.table(grid, chosen)), ""]
+  if chosen is None:
+    return lines + [
+        f"Nothing is chosen: a choice needs a validation split (the test set chooses nothing). "
+        f"Run the sweep again with --config.data.validation=train_tail, which holds out the "
+        f"last {config.data.validation_fraction:.0%} of the training images, and {monitor} "
+        f"chooses the point.", ""]
+  point = ", ".join(f"{f}={sweeps.format_value(chosen.point[f])}" for f in fields)
+  lines += [f"Chosen by {monitor} (mean over {len(chosen.seeds)} seed(s); the test numbers are "
+            f"shown, never used): **{point}**.", ""]
+  if figure_dir is not None:
+    lines += [f"![{monitor} against {f}]({figure_dir}/{sweep_figure_name(f)})" for f in fields]
+    lines.append("")
+  if config is not None:
+    lines += ["It alone, with the same data and seed (for a final test, train it with "
+              "--config.data.validation=none on all the training images):", "", "```bash",
+              reproduce_command(sweeps.point_config(config, chosen.point), f"{workdir}-chosen"),
+              "```", ""]
+  return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +257,9 @@ def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
       "",
       markdown_table(["split", "images", "labels"], splits),
       "",
-      *_replicas_section(run.summary),
+      *_replicas_section(run),
+      *(["## Sweep", "", *sweep_section(_trials(run), config, workdir, config.train.monitor,
+                                        "figures")] if hyperparams.swept(config) else []),
       "## Training curves",
       "",
       _image("curves.png"),
@@ -266,6 +313,10 @@ def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
   ])
 
 
+def _trials(run: workdir_lib.Run) -> list[sweeps.Trial]:
+  return sweeps.trials_of_run(run.config, run.summary, run.history)
+
+
 # ---------------------------------------------------------------------------------------------
 # Everything, written to the workdir
 
@@ -305,6 +356,11 @@ def build(workdir) -> pathlib.Path:
       "prediction.png": figures.prediction_figure(test.images[example], probs[example],
                                                   int(test.labels[example])),
   }
+  if hyperparams.swept(run.config) and run.summary:
+    grid = sweeps.points(_trials(run))
+    monitor = run.config.train.monitor
+    if sweeps.best(grid, monitor) is not None:
+      pictures.update({sweep_figure_name(f): sweeps.figure(grid, f, monitor) for f in grid[0].point})
   for name, fig in pictures.items():
     figures.save_figure(fig, workdir / "figures" / name)
 

@@ -35,8 +35,8 @@ def test_single_seed_runs_and_a_vmapped_run_make_one_table(tmp_path):
           for k, acc, loss in ((0, 0.9936, 0.0233), (1, 0.9930, 0.0238))]
   runs.append(fake_run(tmp_path / "vmapped", vat_config(2, num_seeds=2), {
       "test_accuracy": 0.99285, "test_loss": 0.0240, "replicas": [
-          {"seed": 2, "learning_rate": 0.002, "test_loss": 0.0238, "test_accuracy": 0.9931},
-          {"seed": 3, "learning_rate": 0.002, "test_loss": 0.0242, "test_accuracy": 0.9926}]}))
+          {"seed": 2, "test_loss": 0.0238, "test_accuracy": 0.9931},
+          {"seed": 3, "test_loss": 0.0242, "test_accuracy": 0.9926}]}))
   result = aggregate.aggregate(runs)
 
   assert [s.seed for s in result.seeds] == [0, 1, 2, 3]
@@ -72,7 +72,7 @@ def test_runs_that_are_not_one_experiments_seeds_are_refused(tmp_path, problem):
               "another_experiment": " more fields. Aggregate runs whose",
               "unfinished": "has not finished (it has no summary.json; 3 of its 100 epochs",
               "same_seed": "Seed 0 is in both",
-              "sweep": "is a learning-rate sweep (rates (0.001, 0.002))"}[problem]
+              "sweep": "is a sweep (of optimizer.learning_rate)"}[problem]
   if problem == "other_config":
     config.train.epochs = 99
   elif problem == "another_experiment":
@@ -82,7 +82,7 @@ def test_runs_that_are_not_one_experiments_seeds_are_refused(tmp_path, problem):
   elif problem == "same_seed":
     config.seed = 0
   else:
-    config.sweep.learning_rate = (0.001, 0.002)
+    config.sweep.optimizer.learning_rate = (0.001, 0.002)
   second = fake_run(tmp_path / "b", config, summary)
   with pytest.raises(aggregate.AggregateError) as error:
     aggregate.aggregate([second] if problem == "sweep" else [first, second])
