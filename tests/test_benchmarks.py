@@ -73,3 +73,15 @@ def test_device_check_quick_on_this_machine(tmp_path):
       ("adam_mlp", "mnist_jax"), ("adam_mlp", "jax_scan")}
   assert [r["seeds"] for r in report["seeds"]] == [1, 4]
   assert "| vmapped seeds of adam_mlp |" in (tmp_path / "device_check.md").read_text()
+
+
+def test_sweep_cost_times_one_program_against_a_shell_loop(tmp_path):
+  result = _run("sweep_cost", "--config=adam_mlp", "--learning_rates=1e-3,1e-2",
+                "--field=model.input_dropout", "--values=0,0.2", "--epochs=2",
+                "--train_subset=600", "--repeats=1", f"--out={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "sweep_cost.json").read_text())
+  one, loop = report["measured"]["one program"][0], report["measured"]["shell loop"][0]
+  assert one["processes"] == 1 and loop["processes"] == 4
+  assert report["ratio"] == [loop["wall"] / one["wall"]]
+  assert "| shell loop | 4 |" in (tmp_path / "sweep_cost.md").read_text()
