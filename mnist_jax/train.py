@@ -137,7 +137,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   def loss_fn(params):
     def forward(x):  # a training pass with this step's noise; its statistic updates are kept
       return apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                            mask=mask, rngs={"dropout": rng}, mutable=["batch_stats", "losses"])
+                      mask=mask, rngs={"dropout": rng}, mutable=["batch_stats", "losses"])
 
     def mean_loss(logits):
       targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
