@@ -119,7 +119,7 @@ def figure(grid: Sequence[Point], field: str, monitor: str):
         errs.append(float(np.mean([p.std[monitor] for p in members])))
     lines[None if line_field is None else f"{line_field}={format_value(line)}"] = (xs, ys, errs)
   log_x = numeric and min(values) > 0 and max(values) >= 10 * min(values)  # a decade or more
-  return figures.sweep_figure(lines, xlabel=field, ylabel=f"{monitor} (mean over seeds)",
+  return figures.sweep_figure(lines, xlabel=field, ylabel=f"{monitor} (mean +- std over seeds)",
                               log_x=log_x,
                               categories=None if numeric else [format_value(v) for v in values])
 
