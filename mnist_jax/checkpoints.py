@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mnist_jax import parallel
-from mnist_jax.errors import CheckpointError
+from mnist_jax.errors import CheckpointError, LostProcess
 
 log = logging.getLogger("mnist_jax")
 
@@ -222,7 +222,14 @@ _WRITE_FAILURES = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "No space left": errno.EN
 
 
 def _as_write_failure(error: Exception, directory: pathlib.Path) -> Optional[OSError]:
-  """An OSError for a failed checkpoint write (None if `error` is something else)."""
+  """An OSError for a failed checkpoint write (None if `error` is something else). A barrier
+  that timed out in a multi-host save is a lost process, not the storage: LostProcess."""
+  if "barrier" in str(error).lower() and jax.process_count() > 1:
+    raise LostProcess(
+        f"Another process of the job stopped responding while the checkpoint in {directory} "
+        f"was being written ({_first_lines(error, 1)}). The checkpoints written before are "
+        f"intact. Run the same command again on every host, each with its own --process_id: "
+        f"the job resumes from the last complete checkpoint.") from None
   if isinstance(error, OSError):
     return OSError(error.errno, error.strerror or str(error), error.filename or str(directory))
   text = str(error)

@@ -20,7 +20,8 @@ from mnist_jax import errors
 # read): one definition, so the programs can import each other.
 WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory, e.g. runs/adam_mlp.")
 
-USAGE, FAILED, INTERRUPTED = 2, 1, 130  # exit codes
+# Exit codes. LOST_PROCESS: a process of a multi-host job was lost; the same command resumes.
+USAGE, FAILED, INTERRUPTED, LOST_PROCESS = 2, 1, 130, 75
 
 
 def fail(message: str, code: int = FAILED) -> int:
@@ -59,12 +60,15 @@ def run(main: Callable[[list[str]], Optional[int]], argv: Sequence[str],
   except errors.RunInterrupted as e:
     print(f"\n{e}", file=sys.stderr)
     return INTERRUPTED
+  except errors.LostProcess as e:
+    return fail(str(e), LOST_PROCESS)
   except errors.Error as e:
     return fail(str(e), FAILED)
 
 
 def start(main: Callable[[list[str]], Optional[int]],
-          parse: Callable[[Sequence[str]], list[str]] = parse_flags) -> None:
-  """`if __name__ == "__main__": cli.start(main)`: the program as a process."""
+          parse: Optional[Callable[[Sequence[str]], list[str]]] = parse_flags) -> None:
+  """`if __name__ == "__main__": cli.start(main)`: the program as a process. With `parse=None`,
+  `main` is a whole program already, argv -> exit code (`main.run`)."""
   app.define_help_flags()  # --help, --helpfull, as under absl's app.run
-  sys.exit(run(main, sys.argv, parse))
+  sys.exit(main(sys.argv) if parse is None else run(main, sys.argv, parse))

@@ -41,6 +41,10 @@ class RunInterrupted(Error, RuntimeError):
   """SIGTERM/SIGINT arrived; a checkpoint was saved and the same command resumes the run."""
 
 
+class LostProcess(Error, RuntimeError):
+  """A process of a multi-host job stopped responding; the same command on every host resumes."""
+
+
 class ImageError(Error, ValueError):
   """A file that cannot be made into a digit."""
 

@@ -18,7 +18,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mnist_jax import checkpoints, early_stopping, optim, parallel, tensorboard, train
+from mnist_jax import checkpoints, early_stopping, multihost, optim, parallel, tensorboard, train
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host
@@ -139,12 +139,17 @@ def _train_epochs(config, workdir, trainer: Trainer, state, epoch: int, history:
         best_checkpointer.save(epoch, state)
         best_checkpointer.wait()
       finished = epoch == epochs or early_stopping.patience_exhausted(best, patience)
-      if finished or signals.received or epoch % config.train.checkpoint_every == 0:
+      # A stop asked of any process of a multi-host job is the whole job's, after this epoch.
+      stopping = multihost.any_process(signals.received is not None)
+      if finished or stopping or epoch % config.train.checkpoint_every == 0:
         checkpointer.save(epoch, state)
-      if signals.received and not finished:
+      if stopping and not finished:
+        checkpointer.wait()
+        by = signals.received or "a signal to another process of the job"
+        every = " on every host" if jax.process_count() > 1 else ""
         raise RunInterrupted(
-            f"Stopped by {signals.received} after epoch {epoch} of {epochs}; checkpoint saved "
-            f"in {checkpointer.directory}. Run the same command again to resume.")
+            f"Stopped by {by} after epoch {epoch} of {epochs}; checkpoint saved in "
+            f"{checkpointer.directory}. Run the same command again{every} to resume.")
   if board is not None:
     board.close()
   return state, epoch, history

@@ -15,7 +15,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_jax import cli, errors, hyperparams
+from mnist_jax import cli, errors, hyperparams, multihost
 from mnist_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment: a name in experiments/ "
@@ -28,6 +28,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", multihost.HEARTBEAT_TIMEOUT, "Multi-host: seconds without a heartbeat "
+    "after which a process counts as lost; the others then stop, with the command that resumes.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout", multihost.INIT_TIMEOUT, "Multi-host: seconds a process waits for all the "
+    "job's processes to start before it gives up.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and "
                                "train again (otherwise a finished run is never overwritten).")
 _REPORT = flags.DEFINE_bool("report", True, "When training finishes, write the run's report "
@@ -115,19 +121,28 @@ def main(args: list[str]) -> int:
   if args:
     raise errors.ConfigError(f"Unexpected arguments {args}: flags are written --name=value.")
   _setup_logging()
-  jax = _setup_jax()
   from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = (pathlib.Path(cli.WORKDIR.value) if cli.WORKDIR.value else
              workdir_lib.default_workdir(pathlib.Path(config_arg).stem, config, _REPORT.value))
+  jax = _setup_jax(workdir)
   log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
            workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
            jax.process_count())
+  if jax.process_count() > 1:
+    try:
+      multihost.agree_on_start(workdir_lib.config_json(config), _NUM_PROCESSES.value, workdir)
+    except errors.ConfigError as e:  # the processes' command lines disagree: a usage error
+      return cli.fail(str(e), cli.USAGE)
   try:
     with workdir_lib.lock(workdir):  # held through training and the report
       _train_and_report(config, workdir)
+  except (errors.LostProcess, jax.errors.JaxRuntimeError) as e:
+    if not multihost.is_peer_failure(e):
+      raise
+    multihost.await_verdict(e, _HEARTBEAT_TIMEOUT.value)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
     print("\nInterrupted without saving. Run the same command again to resume from the last "
           "checkpoint.", file=sys.stderr)
@@ -144,22 +159,29 @@ def _setup_logging():
   log.propagate = False
 
 
-def _setup_jax():
+def _setup_jax(workdir: pathlib.Path):
   """Compiled programs are cached on disk, so a second run of a config skips compilation; with
   --distributed, the processes of the job find each other first."""
   import jax  # pylint: disable=import-outside-toplevel
-  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR",
-                         str(pathlib.Path.home() / ".cache" / "mnist_jax" / "jax"))
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  use_compilation_cache(os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                       str(pathlib.Path.home() / ".cache" / "mnist_jax" / "jax")))
   if _DISTRIBUTED.value and not jax.distributed.is_initialized():
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPU/TPU ignore it
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         _INIT_TIMEOUT.value, _HEARTBEAT_TIMEOUT.value, str(workdir.resolve()))
     if jax.process_index() != 0:
       log.setLevel(logging.WARNING)  # process 0 speaks for the job
   return jax
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Every compiled program cached in `directory`, however fast it compiled. With a size bound,
+  JAX reads and writes the entries under a file lock: processes running at once (a multi-host
+  job on one machine, parallel tests) never read an entry another is still writing."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", 4 * 2**30)
 
 
 def _train_and_report(config, workdir: pathlib.Path) -> None:
@@ -187,9 +209,12 @@ def _train_and_report(config, workdir: pathlib.Path) -> None:
 
 
 def run(argv: Sequence[str]) -> int:
-  """The program, in this process: `run(["main", "--config=adam_mlp"])` -> exit code."""
+  """The program, in this process: `run(["main", "--config=adam_mlp"])` -> exit code. With
+  --distributed, in a child process that `multihost.supervise` watches."""
+  if multihost.should_supervise(argv):
+    return multihost.supervise(argv)
   return cli.run(main, argv, parse)
 
 
 if __name__ == "__main__":
-  cli.start(main, parse)
+  cli.start(run, parse=None)

@@ -14,12 +14,12 @@ import sys
 import jax
 import pytest
 
+from mnist_jax import main as mnist_jax_main
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COMPILATION_CACHE = os.environ.setdefault(  # read by the subprocesses' mnist_jax.main too
     "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "mnist_jax" / "jax"))
-jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+mnist_jax_main.use_compilation_cache(COMPILATION_CACHE)
 
 
 @dataclasses.dataclass
@@ -134,20 +134,17 @@ def device_data(config):
 
 
 def leaves_equal(a, b) -> bool:
-  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def all_finite(tree) -> bool:
-  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(tree))
 
 
 def restore(workdir, subdir="checkpoints", epoch=None):
   """(state, epoch) of a run's newest checkpoint in `subdir` (or exactly `epoch`)."""
-  import jax  # pylint: disable=import-outside-toplevel
 
   from mnist_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
   from mnist_jax import workdir as workdir_lib

@@ -85,3 +85,9 @@ def test_sweep_cost_times_one_program_against_a_shell_loop(tmp_path):
   assert one["processes"] == 1 and loop["processes"] == 4
   assert report["ratio"] == [loop["wall"] / one["wall"]]
   assert "| shell loop | 4 |" in (tmp_path / "sweep_cost.md").read_text()
+
+
+def test_multihost_cost_times_the_stop_agreement():
+  result = _run("multihost_cost", "--processes=2", "--calls=20")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "one stop agreement of 2 processes on localhost took a median" in result.stdout
