@@ -25,7 +25,10 @@ class Range:
   note: str = ""  # what a special value means, e.g. "0 = off"
 
   def __contains__(self, value) -> bool:
-    v = float(value)
+    try:
+      v = float(value)
+    except (TypeError, ValueError):  # a string or a tuple, from a config file
+      return False
     return ((v > self.low if self.low_open else v >= self.low)
             and (v < self.high if self.high_open else v <= self.high))
 

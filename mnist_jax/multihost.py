@@ -267,6 +267,17 @@ def agree_on_start(config_json: str, num_processes_flag: Optional[int],
           if (tokens / f"process-{k}").exists() else False for k, r in enumerate(records)]
   everyone_sees = _allgather_json(seen)  # also a barrier: every token was written before
   (tokens / f"process-{me}").unlink(missing_ok=True)
+  problems = start_problems(records, everyone_sees, count, workdir)
+  if problems:
+    raise ConfigError(f"The {count} processes of this job were not started alike: "
+                      f"{'; '.join(problems)}. Nothing was trained. Start every process with the "
+                      f"same command, code and --workdir (only --process_id differs).")
+
+
+def start_problems(records: list[dict], everyone_sees: list[list[bool]], count: int,
+                   workdir: pathlib.Path) -> list[str]:
+  """How the processes' start records differ from process 0's: config, code, --num_processes
+  (against the `count` that joined), and which process could not read which one's token."""
   problems = []
   first = records[0]
   for k, record in enumerate(records[1:], start=1):
@@ -286,10 +297,7 @@ def agree_on_start(config_json: str, num_processes_flag: Optional[int],
     problems.append(f"the workdir {workdir} is not one directory shared by every process "
                     f"(process {blind[0][0]} cannot see what process {blind[0][1]} wrote there): "
                     f"give every process the same --workdir on storage all hosts mount")
-  if problems:
-    raise ConfigError(f"The {count} processes of this job were not started alike: "
-                      f"{'; '.join(problems)}. Nothing was trained. Start every process with the "
-                      f"same command, code and --workdir (only --process_id differs).")
+  return problems
 
 
 def _differences(a: dict, b: dict) -> str:

@@ -1,7 +1,8 @@
 """Multi-host jobs that fail well, with two CPU processes on localhost standing in for two hosts:
 a lost process or coordinator, a preempted process, and processes started differently.
 
-Slow tier: every test starts real processes, and kills some."""
+The jobs are in the slow tier (real processes, some killed); what reads their logs and records
+is in the fast one."""
 
 import re
 import signal
@@ -15,8 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, records, restore, without
-
-pytestmark = pytest.mark.slow
+from mnist_jax import multihost
 
 HEARTBEAT = 5  # --heartbeat_timeout of these jobs, seconds
 # 6000 images, 40 epochs: about 0.2 s an epoch, so a fault lands mid-run.
@@ -77,6 +77,7 @@ def _assert_same_run(workdir, reference):
           == [without(r, "seconds") for r in records(reference)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0], ids=["a worker", "the coordinator"])
 def test_a_lost_process_stops_the_job_then_the_same_command_resumes_it_exactly(
     straight, tmp_path, victim):
@@ -111,6 +112,7 @@ def test_a_lost_process_stops_the_job_then_the_same_command_resumes_it_exactly(
   _assert_same_run(workdir, straight)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_the_whole_job_at_one_epoch_then_resumes_exactly(
     straight, tmp_path):
   workdir = tmp_path / "run"
@@ -132,6 +134,7 @@ def test_sigterm_to_one_process_stops_the_whole_job_at_one_epoch_then_resumes_ex
   _assert_same_run(workdir, straight)
 
 
+@pytest.mark.slow
 def test_a_process_that_never_arrives_is_refused_within_the_init_timeout(tmp_path):
   started = time.monotonic()
   code, _, stderr = _finish([_start(0, _free_port(), tmp_path, "--init_timeout=5")])[0]
@@ -142,6 +145,7 @@ def test_a_process_that_never_arrives_is_refused_within_the_init_timeout(tmp_pat
   assert "Nothing was trained" in stderr and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_taken_coordinator_port_is_refused(tmp_path):
   with socket.socket(socket.AF_INET6) as taken:
     taken.bind(("::", 0))
@@ -153,6 +157,7 @@ def test_a_taken_coordinator_port_is_refused(tmp_path):
           in _last_paragraph(stderr))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mismatch", ["config", "num_processes", "workdir"])
 def test_processes_started_differently_are_refused_before_training(tmp_path, mismatch):
   extra = {"config": ((), ("--config.train.epochs=3",)),
@@ -167,3 +172,62 @@ def test_processes_started_differently_are_refused_before_training(tmp_path, mis
     assert expected in _last_paragraph(stderr), stderr
     assert "Nothing was trained" in stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the supervisor reads and says
+
+
+JOB = multihost.Job(process_id=0, num_processes=2, coordinator="host0:1234", workdir="",
+                    heartbeat_timeout=30, init_timeout=120, started=True)
+ARGV = ["main", "--config=adam_mlp", "--distributed", "--process_id=0", "--num_processes=2"]
+
+
+@pytest.mark.parametrize("code,log,expected,exit_code", [
+    (-6, "E... The following tasks are unhealthy (stopped sending heartbeats):\n1\nThe tasks",
+     "Process 1 of 2 stopped responding (no heartbeat for 30 s", 75),
+    (-6, "... PollForError: {grpc_status:14, grpc_message:\"Connection reset by peer\"}",
+     "The coordinator (process 0, host0:1234) stopped responding", 75),
+    (-9, "", "Process 0 of 2 was killed (SIGKILL: by a user, or out of memory)", 75),
+    (-11, "E add_port.cc:83] Failed to add port to server: No address added",
+     "The coordinator's address host0:1234 cannot be used: its port is taken", 2),
+])
+def test_the_supervisor_names_the_cause_from_the_runtime_log(tmp_path, code, log, expected,
+                                                             exit_code):
+  (tmp_path / "checkpoints" / "12").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "13.orbax-checkpoint-tmp-1700000000").mkdir()  # unfinished
+  job = multihost.Job(**{**JOB.__dict__, "workdir": str(tmp_path)})
+  message, returned = multihost.explain(code, log, job, ARGV)
+  assert returned == exit_code and expected in message, message
+  if exit_code == 75:
+    assert f"the last complete checkpoint is of epoch 12, in {tmp_path}/checkpoints" in message
+    assert message.endswith("python -m mnist_jax.main --config=adam_mlp --distributed "
+                            "--process_id=K --num_processes=2")
+
+
+def test_a_job_that_never_met_is_a_start_failure():
+  job = multihost.Job(**{**JOB.__dict__, "started": False})
+  message, code = multihost.explain(-6, "DEADLINE_EXCEEDED RPC: /CoordinationService/RegisterTask",
+                                    job, ARGV)
+  assert code == 2 and "waited 120 s for the job's 2 processes" in message
+
+
+def test_start_records_that_differ_are_named(tmp_path):
+  record = {"config": {"train": {"epochs": 5}}, "code": "abc", "jax": "0.10.2",
+            "num_processes": 2, "token": "t"}
+  other = {**record, "code": "def", "config": {"train": {"epochs": 6}}}
+  problems = multihost.start_problems([record, other], [[True, False], [True, True]], 2, tmp_path)
+  assert problems[0] == "process 1's config differs from process 0's in train.epochs (5 vs 6)"
+  assert problems[1].startswith("process 1 runs other code (mnist_jax def, JAX 0.10.2) than "
+                                "process 0 (mnist_jax abc")
+  assert (f"the workdir {tmp_path} is not one directory shared by every process (process 0 "
+          f"cannot see what process 1 wrote there)") in problems[2]
+  assert multihost.start_problems([record, record], [[True] * 2] * 2, 2, tmp_path) == []
+
+
+def test_only_a_distributed_launch_is_supervised(monkeypatch):
+  monkeypatch.delenv("MNIST_JAX_SUPERVISOR_FILE", raising=False)
+  assert multihost.should_supervise(["main", "--config=adam_mlp", "--distributed"])
+  assert not multihost.should_supervise(["main", "--config=adam_mlp"])
+  monkeypatch.setenv("MNIST_JAX_SUPERVISOR_FILE", "/tmp/x")  # the supervised child itself
+  assert not multihost.should_supervise(["main", "--config=adam_mlp", "--distributed"])
