@@ -109,9 +109,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(opt.schedule != "linear_tail" or 0 < opt.decay_epochs <= train.epochs,
           f"config.optimizer.decay_epochs={opt.decay_epochs} must be in (0, epochs] for the "
           f"linear_tail schedule.")
-  require(train.vat_xi > 0 and train.vat_iterations >= 1,
-          f"config.train.vat_xi={train.vat_xi} (> 0) and vat_iterations={train.vat_iterations} "
-          f"(>= 1) are out of range.")
+  require(train.vat_xi >= 0 and train.vat_iterations >= 1,
+          f"config.train.vat_xi={train.vat_xi} (>= 0; 0 = the exact Hessian-vector product) and "
+          f"vat_iterations={train.vat_iterations} (>= 1) are out of range.")
   require(train.monitor != "val_adversarial_accuracy" or train.adversarial_epsilon > 0,
           "config.train.monitor='val_adversarial_accuracy' measures the attack of adversarial "
           "training: set config.train.adversarial_epsilon > 0 (e.g. 0.25), or monitor "
