@@ -10,9 +10,10 @@ example found by one power iteration (xi 1e-6), weight 1. The set-up of the auth
 models/fnn_mnist_sup.py, source/layers/batch_normalization.py): Adam (epsilon 1e-8), learning rate
 0.002 multiplied by 0.9 after every epoch, batch 100, 100 epochs, weights N(0, 1/fan_in) (here
 lecun_normal: the same variance, truncated at 2 std). Where ours differs: their test-time
-statistics are averages over the whole training set computed after training, ours exponential
-running averages (momentum 0.99; over the last epochs the learning rate is below 1e-6, so they are
-the final weights' statistics).
+statistics are averages over the whole training set computed after training
+(--config.train.batchnorm_statistics=recomputed), ours here exponential running averages
+(momentum 0.99; over the last epochs the learning rate is below 1e-6, so they are the final
+weights' statistics).
 
 Note: in float32, xi = 1e-6 moves each pixel by about 4e-8, below float32's resolution near 0.5, so
 the power iteration's direction is close to random (mnist_jax/adversarial.py); the authors ran it

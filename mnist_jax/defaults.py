@@ -129,4 +129,10 @@ def default_config() -> ml_collections.ConfigDict:
   # as min(decay, (1 + step) / (10 + step))) and evaluate, test, checkpoint-test and predict
   # with it instead of the raw weights. 0 = off.
   config.train.ema_decay = 0.0
+  # BatchNorm's test-time statistics (train.BATCHNORM_STATISTICS): "running", the exponential
+  # averages kept while training (Keras, flax); "recomputed", after training a pass over the
+  # training set with the final parameters and no noise, averaging each batch's mean and unbiased
+  # variance (Rasmus et al.'s and Miyato et al.'s reported errors). Saved in the tested epoch's
+  # checkpoint, so the test, the report and predict all use them.
+  config.train.batchnorm_statistics = "running"
   return config

@@ -22,8 +22,10 @@ clean encoder alone, with the running averages.
 Where this differs from the authors' code: each training step denoises the same batch it classifies
 (their code draws a second, independent batch of 100 from the same 60,000 images for the
 denoising costs); the running averages are exponential (`batchnorm_momentum`) with the biased
-batch variance, as flax's BatchNorm (theirs reach momentum 0.9 after 10 steps, use the unbiased
-variance, and their reported errors use statistics recomputed over the whole training set).
+batch variance, as flax's BatchNorm (theirs reach momentum 0.9 after 10 steps and use the unbiased
+variance). Their reported errors use statistics recomputed over the whole training set after
+training: `config.train.batchnorm_statistics="recomputed"` does the same
+(`train.population_batch_stats`).
 """
 
 from typing import Optional, Sequence, Union

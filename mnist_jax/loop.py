@@ -66,6 +66,13 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
     if (config.train.early_stopping_patience and config.train.restore_best and best is not None
         and best.epoch != epoch):
       state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
+    if config.train.batchnorm_statistics == "recomputed" and jax.tree.leaves(state.batch_stats):
+      # Saved over the tested epoch's checkpoint: the report and predict read it. A kill before
+      # that save leaves the running averages there, and the same command recomputes them.
+      state = trainer.with_population_batch_stats(state)
+      (checkpointer if tested_epoch == epoch else best_checkpointer).save(tested_epoch, state)
+      log.info("BatchNorm statistics recomputed over the training set with the parameters of "
+               "epoch %d.", tested_epoch)
     # Evaluated while the last checkpoint is written; the run is marked finished (summary.json)
     # only once it is complete.
     test_metrics = summarize(trainer.evaluate(state, trainer.test))

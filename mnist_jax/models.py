@@ -95,6 +95,18 @@ def build(model_config) -> nn.Module:
   return layers.from_config(MODELS[model_config.name], model_config)
 
 
+# The fields that add noise, drop units or add costs while training: 0 leaves each part out.
+_TRAINING_ONLY = ("input_dropout", "dropout", "gaussian_noise", "noise_std", "denoising_weights")
+
+
+def measuring(model: nn.Module) -> nn.Module:
+  """`model` as a training-mode pass that only measures BatchNorm's batch statistics: no noise,
+  no dropout, no decoder, and momentum 0, so each call's "batch_stats" are that batch's mean and
+  (biased) variance."""
+  fields = {f: 0.0 for f in _TRAINING_ONLY if f in model.__dataclass_fields__}
+  return with_values(model, {**fields, "batchnorm_momentum": 0.0})
+
+
 def with_values(model: nn.Module, values: dict) -> nn.Module:
   """`model` with fields replaced by (traced) values, {field: value}: a sweep's point. A per-layer
   field (a sequence) gets the value for every layer."""

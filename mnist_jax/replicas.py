@@ -78,6 +78,13 @@ def evaluate_replicas(states: train.TrainState, images: jax.Array, labels: jax.A
       state, images, labels, batch_size, mesh, eps))(states, epsilons)
 
 
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size",))
+def population_batch_stats_replicas(states: train.TrainState, images: jax.Array, batch_size: int):
+  """`train.population_batch_stats` of each of R replicas: a leading axis R."""
+  return jax.vmap(lambda state: train.population_batch_stats.__wrapped__(
+      state, images, batch_size))(states)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunFunctions:
   """A run's initial state and the functions that train it, for one model or R replicas alike.
@@ -91,6 +98,7 @@ class RunFunctions:
   keys_of_epoch: Callable[[int], jax.Array]
   train_epoch: Callable
   evaluate: Callable
+  population_batch_stats: Callable
 
   @property
   def num_replicas(self) -> int:
@@ -116,7 +124,7 @@ def init_run(config, train_split: data.Split) -> RunFunctions:
     keys = jax.jit(train.run_keys, static_argnums=1)(config.seed, config.rng_impl)
     state = train.create_train_state(keys["init"], config, input_dim, steps_per_epoch)
     return RunFunctions(state, settings, functools.partial(train.epoch_key, keys["epochs"]),
-                        train.train_epoch, train.evaluate)
+                        train.train_epoch, train.evaluate, train.population_batch_stats)
   seeds = jnp.array([r["seed"] for r in settings])
   keys_of_epoch = jax.jit(lambda epoch: jax.vmap(
       lambda s: train.epoch_key(train.run_keys(s, config.rng_impl)["epochs"], epoch))(seeds))
@@ -124,4 +132,5 @@ def init_run(config, train_split: data.Split) -> RunFunctions:
   return RunFunctions(create_replica_states(config, input_dim, steps_per_epoch), settings,
                       keys_of_epoch,
                       functools.partial(train_epoch_replicas, hyperparams=values),
-                      functools.partial(evaluate_replicas, hyperparams=values))
+                      functools.partial(evaluate_replicas, hyperparams=values),
+                      population_batch_stats_replicas)

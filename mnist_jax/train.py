@@ -280,6 +280,38 @@ def evaluate(state: TrainState, images: jax.Array, labels: jax.Array, batch_size
   return sums
 
 
+BATCHNORM_STATISTICS = ("running", "recomputed")  # config.train.batchnorm_statistics
+
+
+@functools.partial(cpu_tuning.jit, static_argnames=("batch_size",))
+def population_batch_stats(state: TrainState, images: jax.Array, batch_size: int):
+  """BatchNorm's test-time statistics recomputed over `images` with the state's parameters, as
+  Rasmus et al.'s reported errors use them (github.com/CuriousAI/ladder, run.py's final pass
+  over the training set): per layer, the mean over the batches of each batch's mean and unbiased
+  variance, from a training-mode pass without noise (`models.measuring`), batches weighted by
+  their size. Returns a tree shaped like `state.batch_stats`.
+  """
+  model = models.measuring(state.apply_fn.__self__)
+  variables = {"params": state.ema_params or state.params}
+  indices, mask = _batched_indices(jnp.arange(images.shape[0]), batch_size)
+
+  def step(sums, inputs):
+    idx, m = inputs
+    _, updates = model.apply({**variables, "batch_stats": state.batch_stats}, images[idx],
+                             train=True, mask=m, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.key(0)})  # drawn, with noise 0
+    n = jnp.sum(m)
+    unbiased = n / jnp.maximum(n - 1.0, 1.0)
+    weighted = jax.tree_util.tree_map_with_path(
+        lambda path, x: n * x * (unbiased if str(path[-1].key) == "var" else 1.0),
+        updates["batch_stats"])
+    return jax.tree.map(jnp.add, sums, weighted), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
+  sums, _ = jax.lax.scan(step, zeros, (indices, mask))
+  return jax.tree.map(lambda s: s / images.shape[0], sums)
+
+
 @functools.partial(cpu_tuning.jit, static_argnames=("batch_size",))
 def predict_probabilities(state: TrainState, images: jax.Array, batch_size: int = 2000):
   """Softmax probabilities (N, classes) for a whole split, in one compiled call."""

@@ -65,6 +65,13 @@ class Trainer:
                                    self.config.train.eval_batch_size, self.mesh,
                                    self.config.train.adversarial_epsilon)
 
+  def with_population_batch_stats(self, state):
+    """`state` with BatchNorm statistics recomputed over the training set
+    (`train.population_batch_stats`, config.train.batchnorm_statistics="recomputed")."""
+    stats = self.functions.population_batch_stats(state, self.train.images,
+                                                  self.config.train.batch_size)
+    return state.replace(batch_stats=stats)
+
   def log_model(self) -> None:
     fns = self.functions
     one = fns.one_model(fns.state)

@@ -28,6 +28,7 @@ def _choices() -> dict:
       ("train", "monitor"): early_stopping.MONITORS,
       ("rng_impl",): train.RNG_IMPLS,
       ("matmul_precision",): train.MATMUL_PRECISIONS,
+      ("train", "batchnorm_statistics"): train.BATCHNORM_STATISTICS,
   }
 
 

@@ -365,3 +365,37 @@ def test_a_genuinely_full_disk(tmp_path):
       np.testing.assert_array_equal(x, y)
   finally:
     subprocess.run(["umount", str(small)], check=False)
+
+
+def test_recomputed_batchnorm_statistics_are_tested_saved_and_read_back(tiny_config, tmp_path):
+  """config.train.batchnorm_statistics="recomputed": the tested parameters' statistics over the
+  training set replace the running averages in the tested epoch's checkpoint, which the report
+  and predict read (load_run); a run stopped before its summary recomputes the same."""
+  from conftest import device_data  # pylint: disable=import-outside-toplevel
+  from mnist_jax import train  # pylint: disable=import-outside-toplevel
+  tiny_config.model.hidden_batchnorm, tiny_config.model.gaussian_noise = True, 0.3
+  tiny_config.train.batchnorm_statistics = "recomputed"
+  state, _ = loop.train_and_evaluate(tiny_config, tmp_path / "run")
+  run = workdir_lib.load_run(tmp_path / "run")
+  expected = train.population_batch_stats(run.state, device_data(tiny_config).images,
+                                          tiny_config.train.batch_size)
+  for x, y, z in zip(jax.tree.leaves(run.state.batch_stats), jax.tree.leaves(expected),
+                     jax.tree.leaves(state.batch_stats), strict=True):
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(x, z)
+  first = json.loads((tmp_path / "run" / "summary.json").read_text())
+
+  (tmp_path / "run" / "summary.json").unlink()  # stopped after the statistics' save
+  loop.train_and_evaluate(tiny_config, tmp_path / "run")
+  again = workdir_lib.load_run(tmp_path / "run")
+  for x, y in zip(jax.tree.leaves(again.state), jax.tree.leaves(run.state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  second = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert without(second, "train_seconds") == without(first, "train_seconds")
+
+  tiny_config.train.batchnorm_statistics = "running"
+  running, _ = loop.train_and_evaluate(tiny_config, tmp_path / "running")
+  for x, y in zip(jax.tree.leaves(running.params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(x, y)  # the same training; only the statistics differ
+  assert not np.allclose(running.batch_stats["batchnorm_0"]["var"],
+                         state.batch_stats["batchnorm_0"]["var"])

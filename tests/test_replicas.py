@@ -86,3 +86,16 @@ def test_cli_many_seeds_reports_each_replica_and_mean_std(tmp_path):
   assert record["train_loss"] == pytest.approx(np.mean(record["replicas"]["train_loss"]))
   run = workdir_lib.load_run(tmp_path, replica=2)  # each replica's parameters are saved
   assert run.state.params["dense_0"]["kernel"].shape == (784, 100)
+
+
+def test_population_batch_stats_of_replicas_are_each_replica_s_own(subset):
+  config, dd, split = subset
+  config = config.copy_and_resolve_references()
+  config.num_seeds, config.model.hidden_batchnorm = 2, True
+  fns = replicas.init_run(config, split)
+  state, _, _ = fns.train_epoch(fns.state, dd.images, dd.labels, fns.keys_of_epoch(1), 64)
+  stats = fns.population_batch_stats(state, dd.images, 64)
+  for k in (0, 1):
+    one = train.population_batch_stats(replicas.select(state, k), dd.images, 64)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(stats), strict=True):
+      np.testing.assert_allclose(b[k], a, rtol=1e-5, atol=1e-6)

@@ -209,3 +209,44 @@ def test_evaluate_reports_accuracy_on_fast_gradient_sign_attacks(tiny_config):
   blind = train.summarize(train.evaluate(blind, dd.images, dd.labels, 100,
                                          adversarial_epsilon=0.25))
   assert blind["adversarial_accuracy"] == blind["accuracy"]
+
+
+def _numpy_population_stats(features: np.ndarray, batch_size: int):
+  """Mean over batches of each batch's mean and unbiased variance, batches weighted by size."""
+  means, variances, sizes = [], [], []
+  for start in range(0, len(features), batch_size):
+    batch = features[start:start + batch_size].astype(np.float64)
+    means.append(batch.mean(0))
+    variances.append(batch.var(0, ddof=1))
+    sizes.append(len(batch))
+  weights = np.array(sizes, np.float64)[:, None] / len(features)
+  return (np.sum(weights * np.array(means), 0), np.sum(weights * np.array(variances), 0))
+
+
+@pytest.mark.parametrize("model", ["mlp", "ladder"])
+def test_population_batch_stats_average_each_batch_s_mean_and_unbiased_variance(tiny_config,
+                                                                               model):
+  """The first standardised layer's statistics against numpy's: the input's for the mlp's input
+  BatchNorm, x W for the Ladder's first layer (its Dense has no bias); a partial last batch."""
+  tiny_config.model.name, tiny_config.model.hidden_sizes = model, (16,)
+  if model == "mlp":
+    tiny_config.model.input_batchnorm = tiny_config.model.hidden_batchnorm = True
+    tiny_config.model.gaussian_noise, tiny_config.model.input_dropout = 0.3, 0.2  # left out
+  else:
+    tiny_config.model.denoising_weights = (1.0, 1.0, 1.0)
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  state, _, _ = train.train_epoch(state, dd.images, dd.labels, jax.random.key(1), 64)
+  stats = train.population_batch_stats(state, dd.images, 100)  # 512 images: the last batch of 12
+  assert jax.tree.structure(stats) == jax.tree.structure(state.batch_stats)
+  x = np.asarray(dd.images).reshape(len(dd.images), -1)
+  if model == "mlp":
+    layer, features = "input_batchnorm", x
+  else:
+    layer, features = "batchnorm_0", x @ np.asarray(state.params["dense_0"]["kernel"])
+  mean, var = _numpy_population_stats(features, 100)
+  np.testing.assert_allclose(stats[layer]["mean"], mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats[layer]["var"], var, rtol=1e-3, atol=1e-5)
+  # Not the running averages, and the deeper layers' are finite.
+  assert not np.allclose(stats[layer]["var"], state.batch_stats[layer]["var"])
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(stats))
