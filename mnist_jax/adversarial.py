@@ -23,6 +23,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from mnist_jax.hyperparams import active
+
 
 def _example_axes(x) -> tuple:
   return tuple(range(1, x.ndim))
@@ -86,7 +88,7 @@ def virtual_adversarial_perturbation(logits_fn: Callable[[jax.Array], jax.Array]
     return _masked_mean(kl_divergence(p_logits, logits_fn(images + d)), mask)
 
   def hessian_times(d):
-    if xi:
+    if active(xi):  # a Python 0 is exact; any other xi (traced too) a finite difference
       return jax.grad(divergence)(xi * d)  # xi H d, to first order
     return jax.jvp(jax.grad(divergence), (jnp.zeros_like(d),), (d,))[1]
 
