@@ -10,7 +10,6 @@ import os
 import pathlib
 import sys
 import threading
-import time
 from typing import Sequence
 
 from absl import flags
@@ -175,28 +174,12 @@ def _setup_jax(workdir: pathlib.Path):
 
 
 def use_compilation_cache(directory: str) -> None:
-  """Every compiled program cached in `directory`, however fast it compiled. With a size bound,
-  JAX reads and writes the entries under a file lock: processes running at once (a multi-host
-  job on one machine, parallel tests) never read an entry another is still writing."""
+  """Every compiled program cached in `directory`, however fast it compiled: the second run of a
+  config, and every test after the first, skips compilation."""
   import jax  # pylint: disable=import-outside-toplevel
-  _repair_compilation_cache(pathlib.Path(directory))
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  jax.config.update("jax_compilation_cache_max_size", 4 * 2**30)
-
-
-def _repair_compilation_cache(directory: pathlib.Path) -> None:
-  """Give every entry its access-time file. JAX's bounded cache reads one per entry before each
-  write, and an entry without it (written unbounded, or by a process killed between the two
-  files) would make every later write fail."""
-  from jax._src import lru_cache  # pylint: disable=import-outside-toplevel
-  now = time.time_ns().to_bytes(8, "little")
-  for entry in directory.glob(f"*{lru_cache._CACHE_SUFFIX}"):  # pylint: disable=protected-access
-    key = entry.name.removesuffix(lru_cache._CACHE_SUFFIX)  # pylint: disable=protected-access
-    atime = directory / f"{key}{lru_cache._ATIME_SUFFIX}"  # pylint: disable=protected-access
-    if not atime.exists():
-      atime.write_bytes(now)
 
 
 def _train_and_report(config, workdir: pathlib.Path) -> None:
