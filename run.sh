@@ -2,7 +2,7 @@
 # Set up .venv (once) and run the main job, or the tests.
 #   ./run.sh                  train adam_mlp (tutorial T0)
 #   ./run.sh test [ARGS]      the fast test tier, a few minutes (ARGS go to pytest)
-#   ./run.sh test --all       every test, the slow tier too (what CI runs)
+#   ./run.sh test --all       every test: the fast tier, then the slow one (what CI runs)
 #   ./run.sh bench [ARGS]     install requirements-bench.txt (Keras, TensorFlow, PyTorch) into .venv
 #                             and run python -m experiments.benchmarks.benchmark ARGS (README.md, Benchmark)
 #   ./run.sh ARGS             python -m mnist_jax.main ARGS, e.g. ./run.sh --config=rmsprop_mlp
@@ -24,7 +24,13 @@ if [ "${1:-}" = "test" ]; then
   shift
   if [ "${1:-}" = "--all" ]; then
     shift
-    set -- -m "" "$@"  # every test, one at a time (pyproject.toml selects -m "not slow")
+    # The fast tier on the machine's cores, then the slow tests one at a time (their processes
+    # and timings are the point): two runs, so that no one process loads every test's compiled
+    # programs (docs/testing.md says why).
+    status=0
+    .venv/bin/python -m pytest tests --numprocesses=auto --maxprocesses=4 "$@" || status=$?
+    .venv/bin/python -m pytest tests -m slow "$@" || status=$?
+    exit $status
   else
     set -- --numprocesses=auto --maxprocesses=4 "$@"  # the fast tier on the machine's cores
   fi
