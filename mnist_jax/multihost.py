@@ -137,8 +137,9 @@ def explain(code: int, stderr: str, job: Job, argv: Sequence[str]) -> tuple[str,
     return (f"The coordinator's address {job.coordinator} cannot be used: its port is taken by "
             f"another program (an earlier job still running?). Nothing was trained. Start every "
             f"process with a free port in --coordinator_address, e.g. {_other_port(job)}.", USAGE)
-  if "RegisterTask" in stderr and "DEADLINE_EXCEEDED" in stderr or not job.started and (
-      "DEADLINE_EXCEEDED" in stderr or "UNAVAILABLE" in stderr):
+  never_met = ("RegisterTask" in stderr and "DEADLINE_EXCEEDED" in stderr) or (
+      not job.started and ("DEADLINE_EXCEEDED" in stderr or "UNAVAILABLE" in stderr))
+  if never_met:
     return (f"{me.capitalize()} waited {job.init_timeout} s for the job's {job.num_processes} "
             f"processes to meet at the coordinator {job.coordinator}, and not all came. Nothing "
             f"was trained. Start all {job.num_processes} processes (--process_id=0 to "
