@@ -19,10 +19,12 @@ clean encoder alone, with the running averages.
                                   rngs={"dropout": key}, mutable=["batch_stats", "losses"])
     loss = cross_entropy(logits, labels) + sum(jax.tree.leaves(updates["losses"]))
 
-Where this differs from the authors' code: each training step denoises the same batch it classifies
-(their code draws a second, independent batch of 100 from the same 60,000 images for the
-denoising costs); the running averages are exponential (`batchnorm_momentum`) with the biased
-batch variance, as flax's BatchNorm (theirs reach momentum 0.9 after 10 steps and use the unbiased
+Each training step denoises the batch it classifies. So does the authors' code with all 60,000
+labels: run.py draws the denoising batch from a second stream over the same images, but both
+streams' ShuffledScheme start from Fuel's default seed (fuel/schemes.py,
+`RandomState(config.default_seed)`), so the two batches are the same images in the same order.
+Where this differs from their code: the running averages are exponential (`batchnorm_momentum`)
+with the biased batch variance, as flax's BatchNorm (theirs reach momentum 0.9 after 10 steps and use the unbiased
 variance). Their reported errors use statistics recomputed over the whole training set after
 training: `config.train.batchnorm_statistics="recomputed"` does the same
 (`train.population_batch_stats`).
