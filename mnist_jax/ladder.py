@@ -24,9 +24,9 @@ labels: run.py draws the denoising batch from a second stream over the same imag
 streams' ShuffledScheme start from Fuel's default seed (fuel/schemes.py,
 `RandomState(config.default_seed)`), so the two batches are the same images in the same order.
 Where this differs from their code: the running averages are exponential (`batchnorm_momentum`)
-with the biased batch variance, as flax's BatchNorm (theirs reach momentum 0.9 after 10 steps and use the unbiased
-variance). Their reported errors use statistics recomputed over the whole training set after
-training: `config.train.batchnorm_statistics="recomputed"` does the same
+with the biased batch variance, as flax's BatchNorm (theirs reach momentum 0.9 after 10 steps and
+use the unbiased variance). Their reported errors use statistics recomputed over the whole
+training set after training: `config.train.batchnorm_statistics="recomputed"` does the same
 (`train.population_batch_stats`).
 """
 
