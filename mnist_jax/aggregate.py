@@ -187,7 +187,7 @@ def sweep_markdown(workdirs: Sequence) -> str:
   monitor = configs[0].train.monitor
   return "\n".join([
       f"{len(trials)} models at {len(points)} points, {len(workdirs)} run(s):", "",
-      *report.sweep_section(trials, configs[0], workdirs[0].parent / "chosen", monitor),
+      *report.sweep_section(trials, configs[0], workdirs[0].parent / "sweep", monitor),
       "Reproduced by:", "", "```bash",
       *(report.reproduce_command(c, w) for c, w in zip(configs, workdirs)), "```"])
 

@@ -152,8 +152,8 @@ def sweep_figure_name(field: str) -> str:
 def sweep_section(trials: Sequence[sweeps.Trial], config, workdir, monitor: str,
                   figure_dir: Optional[str] = None) -> list[str]:
   """The table of a sweep's points, the point chosen on validation and the command that trains
-  it alone (a vmapped sweep), or the run that holds it (runs from a shell loop); with
-  `figure_dir`, the figures named by `sweep_figure_name` there."""
+  it alone (`config` with the point's values, into `workdir`-chosen); with `figure_dir`, the
+  figures named by `sweep_figure_name` there."""
   grid = sweeps.points(trials)
   chosen = sweeps.best(grid, monitor)
   fields = list(grid[0].point)
@@ -170,12 +170,10 @@ def sweep_section(trials: Sequence[sweeps.Trial], config, workdir, monitor: str,
   if figure_dir is not None:
     lines += [f"![{monitor} against {f}]({figure_dir}/{sweep_figure_name(f)})" for f in fields]
     lines.append("")
-  if config is not None:
-    lines += ["It alone, with the same data and seed (for a final test, train it with "
-              "--config.data.validation=none on all the training images):", "", "```bash",
-              reproduce_command(sweeps.point_config(config, chosen.point), f"{workdir}-chosen"),
-              "```", ""]
-  return lines
+  return lines + ["It alone, with the same data and seed (for a final test, train it with "
+                  "--config.data.validation=none on all the training images):", "", "```bash",
+                  reproduce_command(sweeps.point_config(config, chosen.point), f"{workdir}-chosen"),
+                  "```", ""]
 
 
 @dataclasses.dataclass(frozen=True)

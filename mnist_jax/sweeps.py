@@ -103,7 +103,7 @@ def format_value(value) -> str:
 def figure(grid: Sequence[Point], field: str, monitor: str):
   """`monitor` (mean over seeds, std as error bars) against the values of `field`, one line per
   value of another swept field (averaged over any others); a log axis where the values span
-  more than 10x; categories (e.g. hidden sizes) in order where they are not numbers."""
+  a decade or more; categories (e.g. hidden sizes) in order where they are not numbers."""
   line_field = next((f for f in grid[0].point if f != field), None)
   values = list(dict.fromkeys(_hashable(p.point[field]) for p in grid))
   numeric = all(isinstance(v, (int, float)) for v in values)
