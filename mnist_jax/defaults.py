@@ -68,7 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
   # lambda_0..lambda_L (all 0: the supervised half alone), the decoder's combinator function.
   config.model.noise_std = (0.3,)
   config.model.denoising_weights = ()
-  config.model.combinator = "vanilla"  # ladder.COMBINATORS
+  # "vanilla": Rasmus et al.'s g (ladder.VanillaCombinator); "amlp": Pezeshki et al.'s per-unit
+  # MLP of (z~, u, z~ u) (ladder.AugmentedMLPCombinator). ladder.COMBINATORS lists them.
+  config.model.combinator = "vanilla"
   config.model.num_classes = 10
 
   config.optimizer = ml_collections.ConfigDict()

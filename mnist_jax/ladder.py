@@ -47,7 +47,6 @@ KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 # the next layer's standardisation, so (as in the authors' code) they get none.
 SCALE_FREE_ACTIVATIONS = ("relu",)
 
-COMBINATORS = ("vanilla",)
 
 
 def _moments(x, weights):
@@ -109,8 +108,10 @@ class VanillaCombinator(nn.Module):
   """The decoder's g(z~, u) of Rasmus et al. (2015), per unit: z^ = (z~ - mu(u)) v(u) + mu(u) with
   mu(u) = a1 sigmoid(a2 u + a3) + a4 u + a5 and v(u) = a6 sigmoid(a7 u + a8) + a9 u + a10.
 
-  "gauss" in the authors' code, "vanilla" in Pezeshki et al. (2016). Initialised as there: a2 = a7
-  = 1, the rest 0, so the first reconstruction is 0 and the decoder learns how much to trust z~.
+  "gauss" in the authors' code (Pezeshki et al. 2016 give the name "vanilla" to another form, the
+  sigmoid combinator of Valpola 2015: `g` in github.com/mpezeshki/ladder_network, ladder.py).
+  Initialised as the authors': a2 = a7 = 1, the rest 0, so the first reconstruction is 0 and the
+  decoder learns how much to trust z~.
   """
 
   @nn.compact
@@ -121,6 +122,43 @@ class VanillaCombinator(nn.Module):
     mu = a[1] * jax.nn.sigmoid(a[2] * u + a[3]) + a[4] * u + a[5]
     v = a[6] * jax.nn.sigmoid(a[7] * u + a[8]) + a[9] * u + a[10]
     return (z_tilde - mu) * v + mu
+
+
+class AugmentedMLPCombinator(nn.Module):
+  """The "AMLP" combinator of Pezeshki, Fan, Brakel, Courville and Bengio (2016), "Deconstructing
+  the Ladder Network Architecture" (ICML; arXiv:1511.06430): per unit, a small MLP whose input is
+  augmented with the multiplicative term, z^ = w2 . leaky_relu(W1 (z~, u, z~ u) + b1) + b2.
+
+  Its shape, read in github.com/sakishinoda/tf-ssl (ss_ladder, an implementation citing the paper:
+  `Combinator`, default `--combinator_layers 4-1`, `--combinator_sd 0.025`, `lrelu` slope 0.1):
+  4 hidden units with leaky ReLU of slope 0.1, one output, weights drawn from N(0, 0.025^2), biases
+  0. Each unit has its own MLP, as each has its own a1..a10 in the vanilla combinator (that code
+  shares one MLP across a layer's units); 21 parameters a unit.
+  """
+  hidden_units: int = 4
+  negative_slope: float = 0.1
+  init_std: float = 0.025
+
+  @nn.compact
+  def __call__(self, z_tilde, u):
+    width, init = z_tilde.shape[-1], nn.initializers.normal(self.init_std)
+    hidden_kernel = self.param("hidden_kernel", init, (width, 3, self.hidden_units))
+    hidden_bias = self.param("hidden_bias", nn.initializers.zeros, (width, self.hidden_units))
+    output_kernel = self.param("output_kernel", init, (width, self.hidden_units))
+    output_bias = self.param("output_bias", nn.initializers.zeros, (width,))
+    # Written out unit by unit, elementwise, so XLA fuses it into one loop (a batched einsum of
+    # 3x4 matrices is several times slower on CPU).
+    inputs = (z_tilde, u, z_tilde * u)
+    z_hat = output_bias
+    for k in range(self.hidden_units):
+      hidden = hidden_bias[:, k] + sum(x * hidden_kernel[:, i, k] for i, x in enumerate(inputs))
+      z_hat = z_hat + output_kernel[:, k] * nn.leaky_relu(hidden, self.negative_slope)
+    return z_hat
+
+
+# config.model.combinator -> the decoder's g(z~, u).
+COMBINATOR_MODULES = {"vanilla": VanillaCombinator, "amlp": AugmentedMLPCombinator}
+COMBINATORS = tuple(COMBINATOR_MODULES)
 
 
 def _per_layer(value, count: int, what: str) -> tuple:
@@ -163,7 +201,7 @@ class LadderMLP(nn.Module):
   noise_std: Union[float, Sequence[float]] = 0.3
   # lambda_l, from the input z_0 to the logits z_L; the authors' run for all 60,000 labels.
   denoising_weights: Sequence[float] = (1000.0, 1.0, 0.01, 0.01, 0.01, 0.01, 0.01)
-  combinator: str = "vanilla"
+  combinator: str = "vanilla"  # COMBINATORS: Rasmus et al.'s g, or Pezeshki et al.'s AMLP
   batchnorm_momentum: float = 0.99
   batchnorm_epsilon: float = 1e-10  # the authors' value, everywhere they standardise
   always_decode: bool = False
@@ -263,7 +301,8 @@ class LadderMLP(nn.Module):
       else:
         u = nn.Dense(width, use_bias=False, kernel_init=KERNEL_INIT,
                      name=f"decoder_{layer}")(z_hat)
-      z_hat = VanillaCombinator(name=f"combinator_{layer}")(lateral[layer], standardize(u))
+      z_hat = COMBINATOR_MODULES[self.combinator](name=f"combinator_{layer}")(
+          lateral[layer], standardize(u))
       if layer:
         mean, var = clean_stats[layer]
         reconstruction = (z_hat - mean) * jax.lax.rsqrt(var + self.batchnorm_epsilon)

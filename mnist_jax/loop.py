@@ -66,7 +66,9 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
     if (config.train.early_stopping_patience and config.train.restore_best and best is not None
         and best.epoch != epoch):
       state, tested_epoch = _restore_best(state, best, best_checkpointer, epoch)
-    if config.train.batchnorm_statistics == "recomputed" and jax.tree.leaves(state.batch_stats):
+    recomputed = (config.train.batchnorm_statistics == "recomputed"
+                  and bool(jax.tree.leaves(state.batch_stats)))
+    if recomputed:
       # Saved over the tested epoch's checkpoint: the report and predict read it. A kill before
       # that save leaves the running averages there, and the same command recomputes them.
       state = trainer.with_population_batch_stats(state)
@@ -76,12 +78,20 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
     # Evaluated while the last checkpoint is written; the run is marked finished (summary.json)
     # only once it is complete.
     test_metrics = summarize(trainer.evaluate(state, trainer.test))
+    recomputed_val = (summarize(trainer.evaluate(state, trainer.val))
+                      if trainer.val is not None and recomputed else None)
   finally:
     for each in (checkpointer, best_checkpointer):
       if each is not None:
         each.close()
   summary = _summary(config, trainer, history, test_metrics, best, stopped_early,
                      epoch=epoch, tested_epoch=tested_epoch, steps=steps)
+  if recomputed_val is not None:
+    # The tested epoch's validation metrics with the statistics the test uses (metrics.jsonl has
+    # them with the running averages): the two kinds of statistics compared on validation.
+    _add_metrics(summary, "recomputed_val_", recomputed_val)
+    log.info("Validation with the recomputed statistics: loss %.4f - accuracy %.4f",
+             summary["recomputed_val_loss"], summary["recomputed_val_accuracy"])
   workdir_lib.write_summary(workdir, summary)
   log.info("Test loss: %.4f - test accuracy: %.4f (parameters of epoch %d)",
            summary["test_loss"], summary["test_accuracy"], tested_epoch)

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from mnist_jax import layers
-from mnist_jax.ladder import LadderMLP
+from mnist_jax.ladder import AugmentedMLPCombinator, LadderMLP, VanillaCombinator
 
 HIDDEN = (16,)
 WEIGHTS = (1000.0, 1.0, 0.01)
@@ -194,7 +194,72 @@ def test_config_errors():
   with pytest.raises(ValueError, match="denoising_weights"):
     _param_shapes(LadderMLP(hidden_sizes=HIDDEN, denoising_weights=(1.0, 1.0)))
   with pytest.raises(ValueError, match="combinator"):
-    _param_shapes(LadderMLP(hidden_sizes=HIDDEN, denoising_weights=WEIGHTS, combinator="amlp"))
+    _param_shapes(LadderMLP(hidden_sizes=HIDDEN, denoising_weights=WEIGHTS, combinator="mlp"))
   model = layers.from_config(LadderMLP, {"name": "ladder", "hidden_sizes": [32, 16], "dropout": (),
                                             "denoising_weights": [0, 0, 0, 1.0], "noise_std": 0.5})
   assert model.hidden_sizes == (32, 16) and model.noise_std == 0.5
+
+
+def test_vanilla_combinator_is_rasmus_g():
+  """z^ = (z~ - mu(u)) v(u) + mu(u), per unit; at initialisation z^ = 0 whatever z~ and u."""
+  rng = np.random.default_rng(0)
+  z_tilde, u = (jnp.asarray(rng.normal(size=(5, 3)), jnp.float32) for _ in range(2))
+  params = VanillaCombinator().init(jax.random.key(0), z_tilde, u)
+  np.testing.assert_array_equal(VanillaCombinator().apply(params, z_tilde, u), 0.0)
+  a = {name: rng.normal(size=3).astype(np.float32) for name in params["params"]}
+  sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))
+  z, v_in = np.asarray(z_tilde), np.asarray(u)
+  mu = a["a1"] * sigmoid(a["a2"] * v_in + a["a3"]) + a["a4"] * v_in + a["a5"]
+  v = a["a6"] * sigmoid(a["a7"] * v_in + a["a8"]) + a["a9"] * v_in + a["a10"]
+  np.testing.assert_allclose(VanillaCombinator().apply({"params": a}, z_tilde, u),
+                             (z - mu) * v + mu, rtol=1e-5, atol=1e-6)
+
+
+def test_amlp_combinator_is_a_per_unit_mlp_of_z_u_and_their_product():
+  """Against a loop over units in numpy: each unit its own 3-4-1 MLP with leaky ReLU (slope 0.1);
+  weights N(0, 0.025^2), biases 0 at initialisation."""
+  rng = np.random.default_rng(1)
+  batch, width = 6, 5
+  z_tilde, u = (jnp.asarray(rng.normal(size=(batch, width)), jnp.float32) for _ in range(2))
+  combinator = AugmentedMLPCombinator()
+  params = combinator.init(jax.random.key(0), z_tilde, u)["params"]
+  assert {name: p.shape for name, p in params.items()} == {
+      "hidden_kernel": (width, 3, 4), "hidden_bias": (width, 4), "output_kernel": (width, 4),
+      "output_bias": (width,)}
+  assert not np.any(params["hidden_bias"]) and not np.any(params["output_bias"])
+  np.testing.assert_allclose(np.std(params["hidden_kernel"]), 0.025, rtol=0.3)
+  params = {name: rng.normal(size=p.shape).astype(np.float32) for name, p in params.items()}
+  got = combinator.apply({"params": params}, z_tilde, u)
+  z, v = np.asarray(z_tilde), np.asarray(u)
+  want = np.zeros((batch, width), np.float32)
+  for unit in range(width):
+    inputs = np.stack([z[:, unit], v[:, unit], z[:, unit] * v[:, unit]], axis=-1)  # (batch, 3)
+    hidden = inputs @ params["hidden_kernel"][unit] + params["hidden_bias"][unit]
+    hidden = np.where(hidden > 0, hidden, 0.1 * hidden)
+    want[:, unit] = hidden @ params["output_kernel"][unit] + params["output_bias"][unit]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_amlp_ladder_layout_and_learning():
+  """combinator="amlp" swaps every combinator_<l> and nothing else; a step of Adam lowers the
+  total loss and moves the combinators' parameters."""
+  amlp = LadderMLP(hidden_sizes=HIDDEN, denoising_weights=WEIGHTS, combinator="amlp")
+  shapes, vanilla = _param_shapes(amlp), _param_shapes(MODEL)
+  assert set(shapes) == set(vanilla)
+  for name in shapes:
+    if name.startswith("combinator"):
+      assert set(shapes[name]) == {"hidden_kernel", "hidden_bias", "output_kernel", "output_bias"}
+    else:
+      assert jax.tree.map(lambda p: p.shape, shapes[name]) == jax.tree.map(lambda p: p.shape,
+                                                                             vanilla[name])
+  assert shapes["combinator_0"]["hidden_kernel"].shape == (784, 3, 4)
+  variables = _jit(amlp.init, static_argnames="train")({"params": jax.random.key(0)}, _images(1),
+                                                      train=False)
+  images = _images(2)
+  (loss, _), grads = _loss_and_grads(amlp, variables, images, ALL_REAL)
+  assert all(np.any(g) for g in jax.tree.leaves(grads["combinator_0"]))
+  tx = optax.adam(1e-3)
+  step, _ = jax.jit(tx.update)(grads, tx.init(variables["params"]), variables["params"])
+  stepped = {**variables, "params": optax.apply_updates(variables["params"], step)}
+  (after, _), _ = _loss_and_grads(amlp, stepped, images, ALL_REAL)
+  assert float(after) < float(loss)

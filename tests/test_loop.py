@@ -370,11 +370,13 @@ def test_a_genuinely_full_disk(tmp_path):
 def test_recomputed_batchnorm_statistics_are_tested_saved_and_read_back(tiny_config, tmp_path):
   """config.train.batchnorm_statistics="recomputed": the tested parameters' statistics over the
   training set replace the running averages in the tested epoch's checkpoint, which the report
-  and predict read (load_run); a run stopped before its summary recomputes the same."""
+  and predict read (load_run); a run stopped before its summary recomputes the same. The summary
+  has the validation metrics with them beside metrics.jsonl's with the running averages."""
   from conftest import device_data  # pylint: disable=import-outside-toplevel
-  from mnist_jax import train  # pylint: disable=import-outside-toplevel
+  from mnist_jax import data, parallel, train  # pylint: disable=import-outside-toplevel
   tiny_config.model.hidden_batchnorm, tiny_config.model.gaussian_noise = True, 0.3
   tiny_config.train.batchnorm_statistics = "recomputed"
+  tiny_config.data.validation = "train_tail"
   state, _ = loop.train_and_evaluate(tiny_config, tmp_path / "run")
   run = workdir_lib.load_run(tmp_path / "run")
   expected = train.population_batch_stats(run.state, device_data(tiny_config).images,
@@ -384,6 +386,11 @@ def test_recomputed_batchnorm_statistics_are_tested_saved_and_read_back(tiny_con
     np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(x, z)
   first = json.loads((tmp_path / "run" / "summary.json").read_text())
+  val = parallel.DeviceData.put(data.load(tiny_config.data).val, tiny_config.data.preprocess)
+  sums = train.evaluate(state, val.images, val.labels, tiny_config.train.eval_batch_size)
+  assert first["recomputed_val_accuracy"] == train.summarize(sums)["accuracy"]
+  last_epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert first["recomputed_val_loss"] != last_epoch["val_loss"]  # the running averages' figure
 
   (tmp_path / "run" / "summary.json").unlink()  # stopped after the statistics' save
   loop.train_and_evaluate(tiny_config, tmp_path / "run")
@@ -399,3 +406,27 @@ def test_recomputed_batchnorm_statistics_are_tested_saved_and_read_back(tiny_con
     np.testing.assert_array_equal(x, y)  # the same training; only the statistics differ
   assert not np.allclose(running.batch_stats["batchnorm_0"]["var"],
                          state.batch_stats["batchnorm_0"]["var"])
+  assert "recomputed_val_accuracy" not in json.loads(
+      (tmp_path / "running" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_ladder_amlp_with_recomputed_statistics_resumes_exactly(tmp_path):
+  """ladder_amlp shrunk (AMLP combinators, statistics recomputed after training): killed after
+  epoch 2's save, the same call ends bit-identical, recomputed statistics and summary included."""
+  config = config_lib.load("ladder_amlp")
+  config.data.source, config.data.train_subset = "idx", 512
+  config.model.hidden_sizes, config.model.denoising_weights = (32, 16), (1000.0, 1.0, 0.01, 0.01)
+  config.train.epochs, config.train.batch_size, config.optimizer.decay_epochs = 3, 64, 1
+  straight, _ = loop.train_and_evaluate(config, tmp_path)
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert set(straight.params["combinator_0"]) == {"hidden_kernel", "hidden_bias", "output_kernel",
+                                                  "output_bias"}
+
+  (tmp_path / "summary.json").unlink()
+  shutil.rmtree(tmp_path / "checkpoints" / "3")
+  resumed, _ = loop.train_and_evaluate(config, tmp_path)
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(x, y)
+  again = json.loads((tmp_path / "summary.json").read_text())
+  assert without(again, "train_seconds") == without(summary, "train_seconds")
