@@ -10,8 +10,10 @@ the input and to every standardised pre-activation; the supervised cost is the c
 output, as the noise is the main regulariser of the supervised half. A decoder then runs top-down,
 each layer combining the noisy lateral signal with what the layer above reconstructed, and is asked
 to give back the clean pass's standardised activations: the denoising costs, one per layer from the
-input z_0 up to the logits z_L, weighted by `denoising_weights`. At test time the network is the
-clean encoder alone, with the running averages.
+input z_0 up to the logits z_L, weighted by `denoising_weights`. The function combining the two
+signals is Rasmus et al.'s (`VanillaCombinator`) or Pezeshki et al.'s AMLP
+(`AugmentedMLPCombinator`), chosen by `combinator`. At test time the network is the clean encoder
+alone, with the running averages.
 
     model = LadderMLP()
     variables = model.init({"params": key}, images, train=False)  # also creates the decoder
