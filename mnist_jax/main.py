@@ -127,7 +127,10 @@ def main(args: list[str]) -> int:
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = (pathlib.Path(cli.WORKDIR.value) if cli.WORKDIR.value else
              workdir_lib.default_workdir(pathlib.Path(config_arg).stem, config, _REPORT.value))
-  jax = _setup_jax(workdir)
+  try:
+    jax = _setup_jax(workdir)
+  except errors.ConfigError as e:  # e.g. the coordinator's port is taken: a usage error
+    return cli.fail(str(e), cli.USAGE)
   log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
            workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
            jax.process_count())

@@ -134,9 +134,7 @@ def explain(code: int, stderr: str, job: Job, argv: Sequence[str]) -> tuple[str,
   command = "python -m mnist_jax.main " + " ".join(
       re.sub(r"^--process_id=\d+$", "--process_id=K", a) for a in argv[1:])
   if "Failed to add port to server" in stderr:
-    return (f"The coordinator's address {job.coordinator} cannot be used: its port is taken by "
-            f"another program (an earlier job still running?). Nothing was trained. Start every "
-            f"process with a free port in --coordinator_address, e.g. {_other_port(job)}.", USAGE)
+    return taken_port(job), USAGE
   never_met = ("RegisterTask" in stderr and "DEADLINE_EXCEEDED" in stderr) or (
       not job.started and ("DEADLINE_EXCEEDED" in stderr or "UNAVAILABLE" in stderr))
   if never_met:
@@ -168,9 +166,14 @@ def explain(code: int, stderr: str, job: Job, argv: Sequence[str]) -> tuple[str,
           f"again on every host, each with its own --process_id: {command}", LOST_PROCESS)
 
 
-def _other_port(job: Job) -> str:
+def taken_port(job: Job) -> str:
+  """The paragraph for a coordinator that cannot listen on its port. JAX either raises it ("Failed
+  to start RPC server") or ends the process from native code, depending on where gRPC fails."""
   host, _, port = job.coordinator.rpartition(":")
-  return f"{host or 'HOST'}:{int(port) + 1}" if port.isdigit() else "HOST:PORT"
+  other = f"{host or 'HOST'}:{int(port) + 1}" if port.isdigit() else "HOST:PORT"
+  return (f"The coordinator's address {job.coordinator} cannot be used: its port is taken by "
+          f"another program (an earlier job still running?). Nothing was trained. Start every "
+          f"process with a free port in --coordinator_address, e.g. {other}.")
 
 
 def complete_epochs(directory: pathlib.Path) -> list[int]:
@@ -195,9 +198,14 @@ def initialize(coordinator: Optional[str], num_processes: Optional[int],
             init_timeout)
   job.write()
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPU/TPU ignore it
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id, initialization_timeout=init_timeout,
-                             heartbeat_timeout_seconds=heartbeat_timeout)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=init_timeout,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
+  except jax.errors.JaxRuntimeError as e:
+    if "Failed to start RPC server" in str(e):
+      raise ConfigError(taken_port(job)) from None
+    raise
   dataclasses.replace(job, process_id=jax.process_index(), num_processes=jax.process_count(),
                       started=True).write()
 

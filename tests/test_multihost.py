@@ -205,6 +205,17 @@ def test_the_supervisor_names_the_cause_from_the_runtime_log(tmp_path, code, log
                             "--process_id=K --num_processes=2")
 
 
+def test_a_taken_port_that_jax_raises_rather_than_crashes_on_is_the_same_usage_error(
+    monkeypatch, tmp_path):
+  def refuse(**_):
+    raise jax.errors.JaxRuntimeError("UNKNOWN: Failed to start RPC server")
+  monkeypatch.setattr(jax.distributed, "initialize", refuse)
+  monkeypatch.delenv("MNIST_JAX_SUPERVISOR_FILE", raising=False)
+  with pytest.raises(multihost.ConfigError, match="address host0:1234 cannot be used: its port "
+                     "is taken .* e.g. host0:1235"):
+    multihost.initialize("host0:1234", 2, 0, 120, 30, str(tmp_path))
+
+
 def test_a_job_that_never_met_is_a_start_failure():
   job = multihost.Job(**{**JOB.__dict__, "started": False})
   message, code = multihost.explain(-6, "DEADLINE_EXCEEDED RPC: /CoordinationService/RegisterTask",
