@@ -127,18 +127,15 @@ def main(args: list[str]) -> int:
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = (pathlib.Path(cli.WORKDIR.value) if cli.WORKDIR.value else
              workdir_lib.default_workdir(pathlib.Path(config_arg).stem, config, _REPORT.value))
-  try:
+  try:  # a taken coordinator port, or processes whose command lines disagree: usage errors
     jax = _setup_jax(workdir)
-  except errors.ConfigError as e:  # e.g. the coordinator's port is taken: a usage error
-    return cli.fail(str(e), cli.USAGE)
-  log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
-           workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
-           jax.process_count())
-  if jax.process_count() > 1:
-    try:
+    log.info("Config %s -> workdir %s (JAX %s; %d %s device(s) in %d process(es))", config_arg,
+             workdir, jax.__version__, jax.device_count(), jax.devices()[0].platform.upper(),
+             jax.process_count())
+    if jax.process_count() > 1:
       multihost.agree_on_start(workdir_lib.config_json(config), _NUM_PROCESSES.value, workdir)
-    except errors.ConfigError as e:  # the processes' command lines disagree: a usage error
-      return cli.fail(str(e), cli.USAGE)
+  except errors.ConfigError as e:
+    return cli.fail(str(e), cli.USAGE)
   try:
     with workdir_lib.lock(workdir):  # held through training and the report
       _train_and_report(config, workdir)
