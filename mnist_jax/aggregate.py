@@ -1,5 +1,6 @@
 """The seeds of one experiment as one result (mean +- std of their test metrics), or a sweep's runs
-as one table of its points.
+as one table of its points. Runs that keep the test set out (config.data.use_test=False) give
+their validation metrics instead.
 
     python -m mnist_jax.aggregate runs/ladder-seed0 runs/ladder-seed1 runs/ladder-seed2
     python -m mnist_jax.aggregate runs/adam_mlp-hidden_sizes-*     # a shell loop's sweep
@@ -20,15 +21,16 @@ from typing import Sequence
 
 import numpy as np
 
-from mnist_jax import cli, hyperparams, report, sweeps
+from mnist_jax import cli, data, hyperparams, report, sweeps
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import AggregateError
 
 SEED_FIELDS = ("seed", "num_seeds")  # all that may differ between the runs of one experiment
-# summary.json's per-seed test metrics, with their column names.
-METRICS = {"test_accuracy": "test accuracy", "test_loss": "test loss",
-           "test_adversarial_accuracy": "test accuracy under FGSM attacks"}
+# summary.json's per-seed final metrics, after the split's prefix (test_, or val_ for a run that
+# keeps the test set out), with their column names after the split's name.
+METRICS = {"accuracy": "accuracy", "loss": "loss",
+           "adversarial_accuracy": "accuracy under FGSM attacks"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +38,7 @@ class SeedResult:
   """One seed's final numbers, as its run recorded them."""
   seed: int
   workdir: pathlib.Path
-  metrics: dict  # a subset of METRICS' keys -> value
+  metrics: dict  # a subset of METRICS' keys -> value (without the split's prefix)
   tested_epoch: int
   train_seconds: float  # the run's; the replicas of a vmapped run share it
   median_epoch_seconds: float
@@ -46,6 +48,7 @@ class SeedResult:
 class Aggregate:
   commands: list[str]  # one per run: what reproduces it
   seeds: list[SeedResult]
+  split: str  # what the metrics were measured on: "test", or "val" (data.final_split)
 
   @property
   def metrics(self) -> list[str]:
@@ -64,7 +67,7 @@ def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
   if not summary:
     raise AggregateError(
         f"{workdir} has not finished (it has no {workdir_lib.SUMMARY}; {len(history)} of its "
-        f"{config.train.epochs} epochs are recorded), so it has no test result yet. Run its "
+        f"{config.train.epochs} epochs are recorded), so it has no result yet. Run its "
         f"command again to finish it: {report.reproduce_command(config, workdir)}")
   if swept := hyperparams.swept(config):
     raise AggregateError(
@@ -75,8 +78,9 @@ def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
                 train_seconds=summary["train_seconds"],
                 median_epoch_seconds=float(np.median([r["seconds"] for r in history])))
   per_seed = summary.get("replicas", [{"seed": config.seed, **summary}])
-  return [SeedResult(seed=r["seed"], metrics={m: r[m] for m in METRICS if m in r}, **shared)
-          for r in per_seed]
+  prefix = data.final_split(config.data) + "_"
+  return [SeedResult(seed=r["seed"], metrics={m: r[prefix + m] for m in METRICS if prefix + m in r},
+                     **shared) for r in per_seed]
 
 
 def _differences(a: dict, b: dict, shown: int = 4) -> str:
@@ -110,7 +114,7 @@ def aggregate(workdirs: Sequence) -> Aggregate:
             f"twice in the mean and the spread. Give each seed's run once.")
       seeds.append(result)
     commands.append(report.reproduce_command(config, workdir))
-  return Aggregate(commands, seeds)
+  return Aggregate(commands, seeds, data.final_split(config.data))
 
 
 def _percent(accuracy: float) -> str:
@@ -119,13 +123,13 @@ def _percent(accuracy: float) -> str:
 
 def markdown(result: Aggregate) -> str:
   """The seeds' table (a row each, then mean +- std) and the commands, as RESULTS.md has them."""
-  metrics = result.metrics
-  header = ["seed", "workdir", "test error", *(METRICS[m] for m in metrics), "tested epoch",
-            "training seconds (run)", "median seconds an epoch"]
-  rows = [[s.seed, f"`{s.workdir}`", _percent(s.metrics["test_accuracy"]),
+  metrics, split = result.metrics, data.SPLIT_NAMES[result.split]
+  header = ["seed", "workdir", f"{split} error", *(f"{split} {METRICS[m]}" for m in metrics),
+            "tested epoch", "training seconds (run)", "median seconds an epoch"]
+  rows = [[s.seed, f"`{s.workdir}`", _percent(s.metrics["accuracy"]),
            *(f"{s.metrics[m]:.4f}" for m in metrics), s.tested_epoch, f"{s.train_seconds:,.0f}",
            f"{s.median_epoch_seconds:.1f}"] for s in sorted(result.seeds, key=lambda s: s.seed)]
-  accuracy, accuracy_std = result.mean_std("test_accuracy")
+  accuracy, accuracy_std = result.mean_std("accuracy")
   error = f"{_percent(accuracy)} +- {100 * accuracy_std:.2f}"
   mean_row = ["**mean +- std**", "", f"**{error}**"]
   for m in metrics:
@@ -133,8 +137,9 @@ def markdown(result: Aggregate) -> str:
     mean_row.append(f"{mean:.5f} +- {std:.5f}")
   rows.append(mean_row + ["", "", ""])
   return "\n".join([
-      f"{len(result.seeds)} seed{'s' * (len(result.seeds) > 1)}, test error {error} (mean +- std; "
-      f"each seed's test set used once, by its run):",
+      f"{len(result.seeds)} seed{'s' * (len(result.seeds) > 1)}, {split} error {error} (mean +- std; "
+      + ("each seed's test set used once, by its run):" if result.split == "test" else
+         "the runs kept the test set out):"),
       "",
       report.markdown_table(header, rows),
       "",

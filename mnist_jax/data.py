@@ -27,9 +27,19 @@ from mnist_jax.paths import DATA_DIR, relative
 class Splits:
   train: Split
   val: Optional[Split]
-  test: Split
+  test: Optional[Split]  # None with config.data.use_test=False: the run cannot read it
   source: str  # which source produced the arrays, for the log
 
+
+
+# The splits' names in summary.json's keys (test_accuracy, val_loss) and in words.
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def final_split(data_config) -> str:
+  """The split a finished run is measured on: "test", or "val" for a run that keeps the test set
+  out (config.data.use_test=False: it chooses on validation)."""
+  return "test" if data_config.use_test else "val"
 
 
 SOURCES = ("auto", "tfds", "idx")  # config.data.source
@@ -107,7 +117,7 @@ def load(data_config) -> Splits:
   if data_config.train_subset:
     train = train.take(slice(0, data_config.train_subset))
   train, val, test = split_validation(train, arrays["test"], data_config)
-  return Splits(train=train, val=val, test=test, source=source)
+  return Splits(train=train, val=val, test=test if data_config.use_test else None, source=source)
 
 
 def _l2_rows(x):

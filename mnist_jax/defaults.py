@@ -45,6 +45,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.validation = "none"  # data.VALIDATION_SCHEMES, e.g. train_tail (Keras's validation_split)
   config.data.validation_fraction = 0.2  # for train_tail
   config.data.validation_seed = 1  # for test_halves (sklearn random_state)
+  # False: a run that chooses (a hyperparameter, a sweep's point, an option) on train_tail
+  # validation and never sees the test set; its summary, report and aggregate give the validation
+  # metrics instead (measured as the test would be). The chosen config's final runs test, once each.
+  config.data.use_test = True
   config.data.train_subset = 0  # >0: use only the first N training examples (quick runs, tests)
 
   config.model = ml_collections.ConfigDict()

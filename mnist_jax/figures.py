@@ -53,8 +53,9 @@ def sweep_figure(lines: dict, xlabel: str, ylabel: str, log_x: bool = False,
   return fig
 
 
-def confusion_matrix_figure(counts: np.ndarray):
-  """Counts with labelled axes, each cell annotated (scikit-learn's ConfusionMatrixDisplay)."""
+def confusion_matrix_figure(counts: np.ndarray, split: str = "test"):
+  """Counts of the `split` digits with labelled axes, each cell annotated (scikit-learn's
+  ConfusionMatrixDisplay)."""
   fig = _figure(6.2, 5.4)
   ax = fig.subplots()
   image = ax.imshow(counts, cmap="Blues")
@@ -65,7 +66,7 @@ def confusion_matrix_figure(counts: np.ndarray):
       ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
               color="white" if counts[i, j] > counts.max() / 2 else "black")
   ax.set(xticks=range(n), yticks=range(n), xlabel="Predicted label", ylabel="True label",
-         title=f"Confusion matrix ({counts.sum():,} test digits, {np.trace(counts):,} correct)")
+         title=f"Confusion matrix ({counts.sum():,} {split} digits, {np.trace(counts):,} correct)")
   return fig
 
 

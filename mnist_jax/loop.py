@@ -18,7 +18,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mnist_jax import checkpoints, early_stopping, multihost, optim, parallel, tensorboard, train
+from mnist_jax import checkpoints, data, early_stopping, multihost, optim, parallel, tensorboard, train
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host
@@ -76,15 +76,17 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
       log.info("BatchNorm statistics recomputed over the training set with the parameters of "
                "epoch %d.", tested_epoch)
     # Evaluated while the last checkpoint is written; the run is marked finished (summary.json)
-    # only once it is complete.
-    test_metrics = summarize(trainer.evaluate(state, trainer.test))
+    # only once it is complete. A run without the test set (data.use_test=False) is measured
+    # on validation the way a test would measure it: the tested parameters and statistics.
+    final_split = data.final_split(config.data)
+    final_metrics = summarize(trainer.evaluate(state, getattr(trainer, final_split)))
     recomputed_val = (summarize(trainer.evaluate(state, trainer.val))
-                      if trainer.val is not None and recomputed else None)
+                      if trainer.val is not None and recomputed and final_split == "test" else None)
   finally:
     for each in (checkpointer, best_checkpointer):
       if each is not None:
         each.close()
-  summary = _summary(config, trainer, history, test_metrics, best, stopped_early,
+  summary = _summary(config, trainer, history, final_split, final_metrics, best, stopped_early,
                      epoch=epoch, tested_epoch=tested_epoch, steps=steps)
   if recomputed_val is not None:
     # The tested epoch's validation metrics with the statistics the test uses (metrics.jsonl has
@@ -93,8 +95,10 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
     log.info("Validation with the recomputed statistics: loss %.4f - accuracy %.4f",
              summary["recomputed_val_loss"], summary["recomputed_val_accuracy"])
   workdir_lib.write_summary(workdir, summary)
-  log.info("Test loss: %.4f - test accuracy: %.4f (parameters of epoch %d)",
-           summary["test_loss"], summary["test_accuracy"], tested_epoch)
+  name = data.SPLIT_NAMES[final_split]
+  log.info("%s loss: %.4f - %s accuracy: %.4f (parameters of epoch %d%s)", name.capitalize(),
+           summary[f"{final_split}_loss"], name, summary[f"{final_split}_accuracy"], tested_epoch,
+           "" if final_split == "test" else "; the test set was kept out")
   keys = history[0].keys() if history else ()
   return state, {k: [r[k] for r in history] for k in keys if k != "epoch"}
 
@@ -302,23 +306,25 @@ def _restore_best(state, best: early_stopping.Best, best_checkpointer, last_epoc
 # The end
 
 
-def _summary(config, trainer: Trainer, history, test_metrics, best, stopped_early, *, epoch,
-             tested_epoch, steps) -> dict:
-  """summary.json: test metrics (per replica too), epochs, steps, time, the best epoch."""
+def _summary(config, trainer: Trainer, history, split: str, metrics: dict, best, stopped_early,
+             *, epoch, tested_epoch, steps) -> dict:
+  """summary.json: the final metrics of `split` ("test", or "val" for a run without the test
+  set; per replica too), epochs, steps, time, the best epoch."""
   summary = {}
-  _add_metrics(summary, "test_", test_metrics)
+  _add_metrics(summary, f"{split}_", metrics)
   settings = trainer.functions.settings
   if len(settings) > 1:
-    summary["test_accuracy_std"] = float(np.std(test_metrics["accuracy"]))
+    summary[f"{split}_accuracy_std"] = float(np.std(metrics["accuracy"]))
     per_replica = summary["replicas"]  # {"test_loss": [one per replica], ...}
     summary["replicas"] = [{**r, **{name: values[k] for name, values in per_replica.items()}}
                            for k, r in enumerate(settings)]
+    words = data.SPLIT_NAMES[split]
     for r in summary["replicas"]:
       point = "".join(f", {name} {r[name]:g}" for name in settings[0] if name != "seed")
-      log.info("Replica seed %d%s: test loss %.4f - test accuracy %.4f", r["seed"], point,
-               r["test_loss"], r["test_accuracy"])
-    log.info("Mean over %d replicas: test accuracy %.4f +- %.4f (std)", len(settings),
-             summary["test_accuracy"], summary["test_accuracy_std"])
+      log.info("Replica seed %d%s: %s loss %.4f - %s accuracy %.4f", r["seed"], point, words,
+               r[f"{split}_loss"], words, r[f"{split}_accuracy"])
+    log.info("Mean over %d replicas: %s accuracy %.4f +- %.4f (std)", len(settings), words,
+             summary[f"{split}_accuracy"], summary[f"{split}_accuracy_std"])
   summary.update({"epochs": epoch, "tested_epoch": tested_epoch, "stopped_early": stopped_early,
                   "steps": steps, "data_source": trainer.splits.source,
                   "train_seconds": sum(r["seconds"] for r in history)})

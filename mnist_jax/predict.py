@@ -97,6 +97,10 @@ def main(paths: list[str]) -> int:
   label = None
   if image is None:
     test = run.splits.test
+    if test is None:
+      raise ConfigError(f"--index picks a test image, but {workdir} keeps the test set out "
+                        f"(config.data.use_test=False: it chooses on validation). Classify an "
+                        f"image file instead, or use --index with a run that tests.")
     if not 0 <= _INDEX.value < len(test):
       raise ImageError(f"--index={_INDEX.value} is out of range: the test set has {len(test)} "
                        f"images (0 to {len(test) - 1}).")

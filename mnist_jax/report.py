@@ -12,6 +12,9 @@ checkpoint) and (re)writes:
     figures/misclassified.png       the most confident mistakes, true and predicted labels
     figures/first_test_digits.png   the first test digits with their predictions
     figures/prediction.png          a random test digit beside its 10 probabilities
+
+A run that keeps the test set out (config.data.use_test=False) is shown on its validation set:
+the report keeps the test set out as the run did.
     classification_report.txt/json  precision, recall, f1, support per class (scikit-learn's)
     confusion_matrix.csv            the counts (rows: true label)
     misclassified.json              every mistake, most confident first
@@ -49,10 +52,10 @@ from mnist_jax.paths import EXPERIMENTS_DIR
 FIGURES = {
     "curves.png": "loss and accuracy per epoch",
     "samples.png": "random training digits with their labels",
-    "confusion_matrix.png": "confusion matrix of the test set",
-    "misclassified.png": "misclassified test digits, most confident first",
-    "first_test_digits.png": "the first test digits with their predictions",
-    "prediction.png": "a test digit beside its 10 probabilities",
+    "confusion_matrix.png": "confusion matrix of the held-out digits",
+    "misclassified.png": "misclassified held-out digits, most confident first",
+    "first_test_digits.png": "the first held-out digits with their predictions",
+    "prediction.png": "a held-out digit beside its 10 probabilities",
 }
 MAX_MISCLASSIFIED_SHOWN = 60
 NUM_SAMPLES, SAMPLE_COLUMNS = 40, 8  # T3's 5x8 grid
@@ -131,17 +134,18 @@ def _epoch_table(history: Sequence[dict]) -> str:
 
 
 def _replicas_section(run: workdir_lib.Run) -> list[str]:
-  """A run of several seeds: each one's test result; the figures show replica 0."""
-  summary = run.summary
+  """A run of several seeds: each one's final result; the figures show replica 0."""
+  summary, split = run.summary, data.final_split(run.config.data)
   if "replicas" not in summary or hyperparams.swept(run.config):
     return []
-  rows = [[k, r["seed"], f"{r['test_loss']:.4f}", f"{r['test_accuracy']:.4f}"]
+  name = data.SPLIT_NAMES[split]
+  rows = [[k, r["seed"], f"{r[f'{split}_loss']:.4f}", f"{r[f'{split}_accuracy']:.4f}"]
           for k, r in enumerate(summary["replicas"])]
   return ["## Replicas", "",
-          f"{len(rows)} replicas trained in one vmapped program; the test numbers above are their "
-          f"mean (accuracy std {summary['test_accuracy_std']:.4f}), the curves show the mean, and "
-          f"the test-set figures below show replica 0.", "",
-          markdown_table(["replica", "seed", "test loss", "test accuracy"], rows),
+          f"{len(rows)} replicas trained in one vmapped program; the {name} numbers above are "
+          f"their mean (accuracy std {summary[f'{split}_accuracy_std']:.4f}), the curves show the "
+          f"mean, and the {name}-set figures below show replica 0.", "",
+          markdown_table(["replica", "seed", f"{name} loss", f"{name} accuracy"], rows),
           ""]
 
 
@@ -165,64 +169,74 @@ def sweep_section(trials: Sequence[sweeps.Trial], config, workdir, monitor: str,
         f"last {config.data.validation_fraction:.0%} of the training images, and {monitor} "
         f"chooses the point.", ""]
   point = ", ".join(f"{f}={sweeps.format_value(chosen.point[f])}" for f in fields)
-  lines += [f"Chosen by {monitor} (mean over {len(chosen.seeds)} seed(s); the test numbers are "
-            f"shown, never used): **{point}**.", ""]
+  tested = config.data.use_test
+  lines += [f"Chosen by {monitor} (mean over {len(chosen.seeds)} seed(s); "
+            + ("the test numbers are shown, never used" if tested else "the test set was kept out")
+            + f"): **{point}**.", ""]
   if figure_dir is not None:
     lines += [f"![{monitor} against {f}]({figure_dir}/{sweep_figure_name(f)})" for f in fields]
     lines.append("")
-  return lines + ["It alone, with the same data and seed (for a final test, train it with "
-                  "--config.data.validation=none on all the training images):", "", "```bash",
+  final = "--config.data.validation=none" + ("" if tested else " --config.data.use_test=True")
+  return lines + [f"It alone, with the same data and seed (for a final test, train it with "
+                  f"{final} on all the training images):", "", "```bash",
                   reproduce_command(sweeps.point_config(config, chosen.point), f"{workdir}-chosen"),
                   "```", ""]
 
 
 @dataclasses.dataclass(frozen=True)
-class TestAnalysis:
-  """What the report shows of the test set, computed once from the run's probabilities."""
+class HeldOutAnalysis:
+  """What the report shows of the held-out digits (the test set, or the validation set of a run
+  that keeps the test set out), computed once from the run's probabilities."""
+  split: str  # "test" or "val" (data.final_split)
   probs: np.ndarray  # (N, classes)
   predictions: np.ndarray
   confidence: np.ndarray
   wrong: np.ndarray  # indices of the mistakes, most confident first
   counts: np.ndarray  # confusion matrix, rows: true label
   report: dict  # classification report
-  example: int  # the test digit shown beside its probabilities
+  example: int  # the digit shown beside its probabilities
 
   @classmethod
-  def of(cls, run: workdir_lib.Run, example: int) -> "TestAnalysis":
-    test, num_classes = run.splits.test, run.config.model.num_classes
-    probs = probabilities(run, test.images)
+  def of(cls, run: workdir_lib.Run, rng: np.random.RandomState) -> "HeldOutAnalysis":
+    split = data.final_split(run.config.data)
+    held_out, num_classes = getattr(run.splits, split), run.config.model.num_classes
+    probs = probabilities(run, held_out.images)
     predictions = probs.argmax(-1)
-    return cls(probs, predictions, probs.max(-1), metrics.misclassified(test.labels, probs),
-               metrics.confusion_matrix(test.labels, predictions, num_classes),
-               metrics.classification_report(test.labels, predictions, num_classes), example)
+    return cls(split, probs, predictions, probs.max(-1),
+               metrics.misclassified(held_out.labels, probs),
+               metrics.confusion_matrix(held_out.labels, predictions, num_classes),
+               metrics.classification_report(held_out.labels, predictions, num_classes),
+               int(rng.randint(len(held_out))))
 
 
-def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
+def markdown(run: workdir_lib.Run, analysis: HeldOutAnalysis) -> str:
   """report.md: the page's template in the order it renders, like a tutorial's notebook."""
-  test, config, history, workdir = run.splits.test, run.config, run.history, run.workdir
+  config, history, workdir, split = run.config, run.history, run.workdir, analysis.split
+  held_out, name = getattr(run.splits, split), data.SPLIT_NAMES[split]
   probs, predictions, wrong, example = (analysis.probs, analysis.predictions, analysis.wrong,
                                         analysis.example)
   report, confidence = analysis.report, analysis.confidence
   last = history[-1] if history else {"train_loss": float("nan"), "train_accuracy": float("nan")}
   # summary.json holds the numbers the training log printed; an unfinished run's are computed.
-  test_loss = run.summary.get("test_loss", float(
-      -np.mean(np.log(np.maximum(probs[np.arange(len(test)), test.labels], 1e-12)))))
-  test_accuracy = run.summary.get("test_accuracy", report["accuracy"])
+  final_loss = run.summary.get(f"{split}_loss", float(
+      -np.mean(np.log(np.maximum(probs[np.arange(len(held_out)), held_out.labels], 1e-12)))))
+  final_accuracy = run.summary.get(f"{split}_accuracy", report["accuracy"])
 
   results = [["training (last epoch, running mean)", last["train_loss"], last["train_accuracy"]]]
   if "val_loss" in last:
     results.append(["validation (last epoch)", last["val_loss"], last["val_accuracy"]])
-  results.append(["test", test_loss, test_accuracy])
+  results.append(["test" if split == "test" else "validation (the tested parameters, as a test "
+                  "measures them)", final_loss, final_accuracy])
   results = [[name, f"{loss:.4f}", f"{accuracy:.4f}"] for name, loss, accuracy in results]
-  if "test_adversarial_accuracy" in run.summary:
-    results.append([f"test, fast-gradient-sign attacks (epsilon "
+  if f"{split}_adversarial_accuracy" in run.summary:
+    results.append([f"{name}, fast-gradient-sign attacks (epsilon "
                     f"{config.train.adversarial_epsilon:g})", "",
-                    f"{run.summary['test_adversarial_accuracy']:.4f}"])
-  splits = [[name, split.images.shape, split.labels.shape] for name, split in
-            (("train", run.splits.train), ("validation", run.splits.val), ("test", test))
-            if split is not None]
-  first = [[i, test.labels[i], predictions[i], f"{confidence[i]:.4f}"]
-           for i in range(min(NUM_FIRST_TEST, len(test)))]
+                    f"{run.summary[f'{split}_adversarial_accuracy']:.4f}"])
+  splits = [[label, s.images.shape, s.labels.shape] for label, s in
+            (("train", run.splits.train), ("validation", run.splits.val), ("test", run.splits.test))
+            if s is not None]
+  first = [[i, held_out.labels[i], predictions[i], f"{confidence[i]:.4f}"]
+           for i in range(min(NUM_FIRST_TEST, len(held_out)))]
   if run.summary:
     status = f"finished: {run.epoch} epochs, {int(run.state.step):,} steps"
   else:
@@ -230,7 +244,7 @@ def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
               f"of {config.train.epochs}")
   seconds = sum(r["seconds"] for r in history)
   quoted = shlex.quote(str(workdir))
-  gap = last["train_accuracy"] - test_accuracy
+  gap = last["train_accuracy"] - final_accuracy
   shown = min(len(wrong), MAX_MISCLASSIFIED_SHOWN)
 
   return "\n".join([
@@ -250,8 +264,9 @@ def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
       "",
       markdown_table(["", "loss", "accuracy"], results),
       "",
-      f"Training minus test accuracy: {gap:+.4f} (positive: the model fits its training data "
-      f"better than unseen digits). {len(wrong):,} of {len(test):,} test digits are misclassified.",
+      f"Training minus {name} accuracy: {gap:+.4f} (positive: the model fits its training data "
+      f"better than unseen digits). {len(wrong):,} of {len(held_out):,} {name} digits are "
+      f"misclassified.",
       "",
       markdown_table(["split", "images", "labels"], splits),
       "",
@@ -264,8 +279,11 @@ def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
       "",
       _epoch_table(history),
       "",
-      "## Test set",
+      f"## {name.capitalize()} set",
       "",
+      *([] if split == "test" else [
+          "The test set was kept out (config.data.use_test=False): the figures are of the "
+          "validation digits.", ""]),
       _image("confusion_matrix.png"),
       "",
       "Classification report ([JSON](classification_report.json)):",
@@ -274,18 +292,18 @@ def markdown(run: workdir_lib.Run, analysis: TestAnalysis) -> str:
       metrics.format_classification_report(report).rstrip(),
       "```",
       "",
-      f"Misclassified test digits, the {shown} most confident of {len(wrong):,} "
+      f"Misclassified {name} digits, the {shown} most confident of {len(wrong):,} "
       f"(all of them are in [misclassified.json](misclassified.json)):",
       "",
       _image("misclassified.png"),
       "",
-      "The first test digits and their predictions:",
+      f"The first {name} digits and their predictions:",
       "",
-      markdown_table(["test index", "label", "predicted", "probability"], first),
+      markdown_table([f"{name} index", "label", "predicted", "probability"], first),
       "",
       _image("first_test_digits.png"),
       "",
-      f"Test digit {example} (label {test.labels[example]}) is predicted as "
+      f"{name.capitalize()} digit {example} (label {held_out.labels[example]}) is predicted as "
       f"**{predictions[example]}**; its probabilities:",
       "",
       _image("prediction.png"),
@@ -327,32 +345,33 @@ def build(workdir) -> pathlib.Path:
   """
   run = workdir_lib.load_run(workdir)
   (run.workdir / workdir_lib.REPORT).unlink(missing_ok=True)
-  workdir, train_split, test = run.workdir, run.splits.train, run.splits.test
+  workdir, train_split = run.workdir, run.splits.train
   # "Random" digits, as the tutorials showed, but the same ones each time a run's report is built.
   rng = np.random.RandomState(run.config.seed)
   samples = rng.choice(len(train_split), min(NUM_SAMPLES, len(train_split)), replace=False)
-  analysis = TestAnalysis.of(run, example=int(rng.randint(len(test))))
+  analysis = HeldOutAnalysis.of(run, rng)
+  held_out, name = getattr(run.splits, analysis.split), data.SPLIT_NAMES[analysis.split]
   probs, predictions, confidence, wrong, counts, report, example = (
       analysis.probs, analysis.predictions, analysis.confidence, analysis.wrong, analysis.counts,
       analysis.report, analysis.example)
   shown = wrong[:MAX_MISCLASSIFIED_SHOWN]
-  first = np.arange(min(NUM_FIRST_TEST, len(test)))
+  first = np.arange(min(NUM_FIRST_TEST, len(held_out)))
 
   pictures = {
       "curves.png": figures.curves_figure(run.history),
       "samples.png": figures.digit_grid_figure(
           train_split.images[samples], [str(label) for label in train_split.labels[samples]],
           columns=SAMPLE_COLUMNS, title="Training digits and their labels"),
-      "confusion_matrix.png": figures.confusion_matrix_figure(counts),
+      "confusion_matrix.png": figures.confusion_matrix_figure(counts, name),
       "misclassified.png": figures.digit_grid_figure(
-          test.images[shown],
-          [f"true {test.labels[i]} pred {predictions[i]}\n({confidence[i]:.2f})" for i in shown],
-          title=f"Misclassified test digits: {len(shown)} most confident of {len(wrong)}"),
+          held_out.images[shown],
+          [f"true {held_out.labels[i]} pred {predictions[i]}\n({confidence[i]:.2f})" for i in shown],
+          title=f"Misclassified {name} digits: {len(shown)} most confident of {len(wrong)}"),
       "first_test_digits.png": figures.digit_grid_figure(
-          test.images[first], [f"pred {predictions[i]} (true {test.labels[i]})" for i in first],
-          caption_colors=["tab:red" if predictions[i] != test.labels[i] else "black" for i in first]),
-      "prediction.png": figures.prediction_figure(test.images[example], probs[example],
-                                                  int(test.labels[example])),
+          held_out.images[first], [f"pred {predictions[i]} (true {held_out.labels[i]})" for i in first],
+          caption_colors=["tab:red" if predictions[i] != held_out.labels[i] else "black" for i in first]),
+      "prediction.png": figures.prediction_figure(held_out.images[example], probs[example],
+                                                  int(held_out.labels[example])),
   }
   if hyperparams.swept(run.config) and run.summary:
     grid = sweeps.points(_trials(run))
@@ -365,7 +384,7 @@ def build(workdir) -> pathlib.Path:
   (workdir / "classification_report.txt").write_text(metrics.format_classification_report(report))
   (workdir / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
   np.savetxt(workdir / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
-  mistakes = [{"index": int(i), "label": int(test.labels[i]), "predicted": int(predictions[i]),
+  mistakes = [{"index": int(i), "label": int(held_out.labels[i]), "predicted": int(predictions[i]),
                "probability": round(float(confidence[i]), 6)} for i in wrong]
   (workdir / "misclassified.json").write_text(json.dumps(mistakes, indent=1) + "\n")
   tensorboard.rewrite(workdir / workdir_lib.TENSORBOARD, replicas.replica_settings(run.config),

@@ -30,7 +30,8 @@ class Trial:
 
 def trials_of_run(config, summary: dict, history: Sequence[dict], point: Optional[dict] = None):
   """The trials of one finished run: its replicas, each at the run's `point` (fields a shell loop
-  varied) plus its own swept values; validation metrics from the tested epoch's record."""
+  varied) plus its own swept values; validation metrics from the tested epoch's record, or from
+  summary.json where a run without the test set measured them at its end."""
   tested = summary.get("tested_epoch", summary.get("epochs"))
   record = next((r for r in history if r["epoch"] == tested), history[-1] if history else {})
   replicas = summary.get("replicas") or [{"seed": config.seed, **summary}]
@@ -38,7 +39,7 @@ def trials_of_run(config, summary: dict, history: Sequence[dict], point: Optiona
   for k, replica in enumerate(replicas):
     metrics = {m: replica[m] for m in METRICS if m in replica}
     for m in METRICS:
-      if m.startswith("val_") and m in record:
+      if m.startswith("val_") and m in record and m not in metrics:
         metrics[m] = record.get("replicas", {}).get(m, [record[m]] * len(replicas))[k]
     own = {name: replica[name] for name in replica if name in hyperparams.SWEEPABLE}
     trials.append(Trial({**(point or {}), **own}, replica["seed"], metrics))

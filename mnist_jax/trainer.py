@@ -28,7 +28,7 @@ class Trainer:
   mesh: jax.sharding.Mesh
   train: parallel.DeviceData
   val: Optional[parallel.DeviceData]
-  test: parallel.DeviceData
+  test: Optional[parallel.DeviceData]  # None with config.data.use_test=False
   functions: replicas.RunFunctions
   state: object  # functions.state, placed on the mesh
 
@@ -89,9 +89,11 @@ class Trainer:
 
 def _load_splits(config) -> data.Splits:
   splits = data.load(config.data)
-  log.info("Data: %s; train %s, val %s, test %s", splits.source, splits.train.images.shape,
-           None if splits.val is None else splits.val.images.shape, splits.test.images.shape)
-  labels = max(int(split.labels.max()) for split in (splits.train, splits.test) if len(split))
+  shape = lambda split: None if split is None else split.images.shape
+  log.info("Data: %s; train %s, val %s, test %s", splits.source, shape(splits.train),
+           shape(splits.val), shape(splits.test) or "kept out (config.data.use_test=False)")
+  labels = max(int(split.labels.max()) for split in (splits.train, splits.val, splits.test)
+               if split is not None and len(split))
   if labels >= config.model.num_classes:
     raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but the data has "
                       f"labels up to {labels}. Set it to {labels + 1} (or more).")

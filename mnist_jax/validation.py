@@ -72,6 +72,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(len(model.dropout) in (0, len(model.hidden_sizes)),
           f"config.model.dropout={tuple(model.dropout)} needs one rate per hidden layer "
           f"({len(model.hidden_sizes)}), or () for none.")
+  require(data.use_test or data.validation == "train_tail",
+          f"config.data.use_test=False keeps the test set out of the run, but "
+          f"config.data.validation={data.validation!r} "
+          + ("leaves nothing to measure the run on" if data.validation == "none" else
+             "validates on test images") +
+          ". Set config.data.validation=train_tail, which holds out the last "
+          "config.data.validation_fraction of the training images.")
   require(0 < data.validation_fraction < 1,
           f"config.data.validation_fraction={data.validation_fraction} must be in (0, 1).")
   require(config.mesh.num_devices >= 0,

@@ -5,7 +5,8 @@
     <workdir>/checkpoints/       orbax checkpoints of the whole TrainState, the last few epochs
     <workdir>/checkpoints_best/  with validation: the best epoch by config.train.monitor
     <workdir>/tensorboard/       per-epoch scalars (mnist_jax.tensorboard), while it trains
-    <workdir>/summary.json       test metrics; written last: its presence marks a finished run
+    <workdir>/summary.json       test metrics (validation's with data.use_test=False); written last:
+                                 its presence marks a finished run
     <workdir>/report.md, ...     the report (REPORT_FILES; mnist_jax.report writes them)
 
     <workdir>/.lock              held (flock) by the one process that writes the run

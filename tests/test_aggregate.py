@@ -41,10 +41,10 @@ def test_single_seed_runs_and_a_vmapped_run_make_one_table(tmp_path):
 
   assert [s.seed for s in result.seeds] == [0, 1, 2, 3]
   accuracies = [0.9936, 0.9930, 0.9931, 0.9926]
-  assert result.mean_std("test_accuracy") == pytest.approx((np.mean(accuracies),
+  assert result.mean_std("accuracy") == pytest.approx((np.mean(accuracies),
                                                             np.std(accuracies)))
   assert result.seeds[0].median_epoch_seconds == 2.0 and result.seeds[3].train_seconds == 7.0
-  assert result.metrics == ["test_accuracy", "test_loss"]
+  assert result.metrics == ["accuracy", "loss"]
   text = aggregate.markdown(result)
   assert "4 seeds, test error 0.69% +- 0.04" in text
   assert "| 0 | `" + str(runs[0]) + "` | 0.64% | 0.9936 | 0.0233 | 3 | 7 | 2.0 |" in text
@@ -54,11 +54,23 @@ def test_single_seed_runs_and_a_vmapped_run_make_one_table(tmp_path):
   assert f"--config=vat --config.num_seeds=2 --config.seed=2 --workdir={runs[2]}" in text
 
 
+def test_runs_that_keep_the_test_set_out_give_their_validation_metrics(tmp_path):
+  configs = [vat_config(k) for k in (0, 1)]
+  for config in configs:
+    config.data.validation, config.data.use_test = "train_tail", False
+  runs = [fake_run(tmp_path / f"seed{k}", config, {"val_accuracy": acc, "val_loss": loss})
+          for k, config, acc, loss in ((0, configs[0], 0.9930, 0.0290), (1, configs[1], 0.9920, 0.0300))]
+  text = aggregate.markdown(aggregate.aggregate(runs))
+  assert "2 seeds, validation error 0.75% +- 0.05 (mean +- std; the runs kept the test set out)" in text
+  assert "| seed | workdir | validation error | validation accuracy | validation loss |" in text
+  assert "test error" not in text
+
+
 def test_a_metric_some_runs_lack_is_left_out(tmp_path):
   runs = [fake_run(tmp_path / "a", vat_config(0), {"test_accuracy": 0.99, "test_loss": 0.03,
                                                    "test_adversarial_accuracy": 0.9}),
           fake_run(tmp_path / "b", vat_config(1), {"test_accuracy": 0.98, "test_loss": 0.04})]
-  assert aggregate.aggregate(runs).metrics == ["test_accuracy", "test_loss"]
+  assert aggregate.aggregate(runs).metrics == ["accuracy", "loss"]
   assert aggregate.aggregate(runs[:1]).metrics == list(aggregate.METRICS)
 
 

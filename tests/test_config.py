@@ -56,12 +56,23 @@ def test_an_experiment_extends_another_by_loading_it():
     ("optimizer.momentum_ramp_epochs", 10.0, "needs optimizer.name='sgd' \\(not 'adam'\\)"),
     ("train.monitor", "val_adversarial_accuracy", "set config.train.adversarial_epsilon > 0"),
     ("model.maxout_pieces", 0, "maxout_pieces=0 must be at least 1"),
+    ("data.use_test", False, "validation='none' leaves nothing to measure the run on. Set "
+                             "config.data.validation=train_tail"),
 ])
 def test_invalid_values_are_named(field, value, message):
   config = config_lib.load("adam_mlp")  # no validation split
   *group, key = field.split(".")
   (config[group[0]] if group else config)[key] = value
   with pytest.raises(config_lib.ConfigError, match=message):
+    validation.validate(config)
+
+
+@pytest.mark.parametrize("scheme", ["test_halves", "test"])
+def test_a_run_without_the_test_set_validates_on_training_images(scheme):
+  config = config_lib.load("adam_mlp")
+  config.data.use_test, config.data.validation = False, scheme
+  with pytest.raises(config_lib.ConfigError, match=f"validation='{scheme}' validates on test "
+                     "images. Set config.data.validation=train_tail"):
     validation.validate(config)
 
 

@@ -57,6 +57,13 @@ def test_validation_is_test_set():
   np.testing.assert_array_equal(splits.val.images, splits.test.images)
 
 
+def test_use_test_false_keeps_the_test_set_out():
+  splits = data.load(_data_config(validation="train_tail", use_test=False))
+  tested = data.load(_data_config(validation="train_tail"))
+  assert splits.test is None and len(tested.test) == 10000
+  assert _rows(splits.train) == _rows(tested.train) and _rows(splits.val) == _rows(tested.val)
+
+
 def test_train_subset():
   splits = data.load(_data_config(train_subset=1000, validation="train_tail",
                                    validation_fraction=0.1))

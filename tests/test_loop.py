@@ -410,6 +410,26 @@ def test_recomputed_batchnorm_statistics_are_tested_saved_and_read_back(tiny_con
       (tmp_path / "running" / "summary.json").read_text())
 
 
+def test_a_run_that_keeps_the_test_set_out_is_measured_on_validation_as_a_test_would_be(
+    tiny_config, tmp_path):
+  """config.data.use_test=False: the same training, and summary.json has the validation metrics
+  of the tested parameters with the test-time statistics (here recomputed: what a testing run
+  records as recomputed_val_) and no test metrics."""
+  tiny_config.model.hidden_batchnorm, tiny_config.model.gaussian_noise = True, 0.3
+  tiny_config.train.batchnorm_statistics = "recomputed"
+  tiny_config.data.validation = "train_tail"
+  tested_state, _ = loop.train_and_evaluate(tiny_config, tmp_path / "tested")
+  tiny_config.data.use_test = False
+  state, _ = loop.train_and_evaluate(tiny_config, tmp_path / "untested")
+  for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(tested_state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  tested, untested = (json.loads((tmp_path / name / "summary.json").read_text())
+                      for name in ("tested", "untested"))
+  assert not [k for k in untested if k.startswith(("test_", "recomputed_"))]
+  assert (untested["val_loss"], untested["val_accuracy"]) == (
+      tested["recomputed_val_loss"], tested["recomputed_val_accuracy"])
+
+
 @pytest.mark.slow
 def test_ladder_amlp_with_recomputed_statistics_resumes_exactly(tmp_path):
   """ladder_amlp shrunk (AMLP combinators, statistics recomputed after training): killed after

@@ -238,6 +238,29 @@ def test_without_validation_the_report_says_a_choice_needs_one(tmp_path):
   assert not list((tmp_path / "figures").glob("sweep_*"))
 
 
+def test_a_sweep_that_keeps_the_test_set_out_chooses_on_validation_alone(tmp_path):
+  """config.data.use_test=False: summary.json, the report and aggregate give validation metrics
+  only, the report's figures are of the validation digits, the chosen point's final command
+  turns the test set back on, and predict --index (a test image) is refused."""
+  from conftest import run_program  # pylint: disable=import-outside-toplevel
+  run_main(*SWEEP, *TINY_FLAGS, "--config.data.use_test=False", f"--workdir={tmp_path}")
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert not [k for r in (summary, *summary["replicas"]) for k in r if k.startswith("test_")]
+  last = records(tmp_path)[-1]["replicas"]["val_accuracy"]  # no BatchNorm: the same figures
+  assert [r["val_accuracy"] for r in summary["replicas"]] == pytest.approx(last, abs=1e-6)
+  text = (tmp_path / "report.md").read_text()
+  assert "(mean over 1 seed(s); the test set was kept out): **" in text
+  assert "## Validation set" in text and "test accuracy" not in text and "## Test set" not in text
+  assert "train it with --config.data.validation=none --config.data.use_test=True on all" in text
+  counts = np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",", dtype=int)
+  assert counts.sum() == 120  # the last 20% of the 600 training images
+  table = aggregate.sweep_markdown([tmp_path])
+  header = next(line for line in table.splitlines() if line.startswith("| "))
+  assert "val accuracy" in header and "test" not in header
+  assert_clear_error(run_program("predict", f"--workdir={tmp_path}", "--index=0"), 1,
+                     "keeps the test set out (config.data.use_test=False")
+
+
 def test_a_killed_sweep_resumes_to_the_same_parameters(tmp_path):
   config = small("best_mlp")
   config.sweep.optimizer.learning_rate, config.sweep.model.gaussian_noise = (1e-3, 3e-3), (0.0, 0.3)
