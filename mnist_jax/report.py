@@ -12,13 +12,13 @@ checkpoint) and (re)writes:
     figures/misclassified.png       the most confident mistakes, true and predicted labels
     figures/first_test_digits.png   the first test digits with their predictions
     figures/prediction.png          a random test digit beside its 10 probabilities
-
-A run that keeps the test set out (config.data.use_test=False) is shown on its validation set:
-the report keeps the test set out as the run did.
     classification_report.txt/json  precision, recall, f1, support per class (scikit-learn's)
     confusion_matrix.csv            the counts (rows: true label)
     misclassified.json              every mistake, most confident first
     tensorboard/                    per-epoch scalars for `tensorboard --logdir` (no TensorFlow)
+
+A run that keeps the test set out (config.data.use_test=False) is shown on its validation digits:
+the report keeps the test set out as the run did.
 
 The numbers come from `metrics.py`, the pictures from `figures.py`; this module writes the files.
 """
@@ -227,7 +227,7 @@ def markdown(run: workdir_lib.Run, analysis: HeldOutAnalysis) -> str:
     results.append(["validation (last epoch)", last["val_loss"], last["val_accuracy"]])
   results.append(["test" if split == "test" else "validation (the tested parameters, as a test "
                   "measures them)", final_loss, final_accuracy])
-  results = [[name, f"{loss:.4f}", f"{accuracy:.4f}"] for name, loss, accuracy in results]
+  results = [[label, f"{loss:.4f}", f"{accuracy:.4f}"] for label, loss, accuracy in results]
   if f"{split}_adversarial_accuracy" in run.summary:
     results.append([f"{name}, fast-gradient-sign attacks (epsilon "
                     f"{config.train.adversarial_epsilon:g})", "",
