@@ -1,0 +1,29 @@
+"""The lowest-error Ladder network here: `ladder_amlp` with Adam's learning rate 0.003 instead of
+the papers' 0.002. For comparison, the best published result under the same rules
+(permutation-invariant MNIST, all 60,000 labels, dense layers, no augmentation): Pezeshki, Fan,
+Brakel, Courville, Bengio 2016, "Deconstructing the Ladder Network Architecture" (ICML;
+arXiv:1511.06430), the Ladder with their AMLP combinator, 0.57% test error (abstract).
+
+The rest is `ladder_amlp`'s: Rasmus et al.'s full Ladder (1000-500-250-250-250, noise std 0.3,
+denoising weights 1000, 1, 0.01, ...), each combinator a per-unit MLP of (z~, u, z~ u), batch 100,
+150 epochs with the rate constant for 100 and then linearly to 0, BatchNorm statistics recomputed
+over the training set after training. The rate was the one change of seven tried on `ladder_amlp`
+that lowered both validation error and loss (seed 0 on the first 50,000 training images, validated
+on the last 10,000, the test set kept out).
+
+    # one seed at a time (K = 0, 1, 2, 3, 4), then their table:
+    python -m mnist_jax.main --config=best_ladder --config.num_seeds=1 --config.seed=K \
+        --workdir=runs/best_ladder-seedK
+    python -m mnist_jax.aggregate runs/best_ladder-seed0 runs/best_ladder-seed1 \
+        runs/best_ladder-seed2 runs/best_ladder-seed3 runs/best_ladder-seed4
+
+Result, and the validation runs that chose the rate: experiments/RESULTS.md (best_ladder).
+"""
+
+from mnist_jax import config as config_lib
+
+
+def get_config():
+  config = config_lib.load("ladder_amlp")
+  config.optimizer.learning_rate = 3e-3
+  return config
