@@ -31,8 +31,8 @@ class Splits:
   source: str  # which source produced the arrays, for the log
 
 
-
-# The splits' names in summary.json's keys (test_accuracy, val_loss) and in words.
+# The splits: their attribute names (in Splits, and Trainer's on the devices), which prefix
+# summary.json's keys (test_accuracy, val_loss), and their names in words.
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
