@@ -41,8 +41,7 @@ def test_single_seed_runs_and_a_vmapped_run_make_one_table(tmp_path):
 
   assert [s.seed for s in result.seeds] == [0, 1, 2, 3]
   accuracies = [0.9936, 0.9930, 0.9931, 0.9926]
-  assert result.mean_std("accuracy") == pytest.approx((np.mean(accuracies),
-                                                            np.std(accuracies)))
+  assert result.mean_std("accuracy") == pytest.approx((np.mean(accuracies), np.std(accuracies)))
   assert result.seeds[0].median_epoch_seconds == 2.0 and result.seeds[3].train_seconds == 7.0
   assert result.metrics == ["accuracy", "loss"]
   text = aggregate.markdown(result)

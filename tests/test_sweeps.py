@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY_FLAGS, assert_clear_error, records, run_main
+from conftest import TINY_FLAGS, assert_clear_error, records, run_main, run_program
 from mnist_jax import aggregate, hyperparams, loop, replicas, report, sweeps, train, validation
 from mnist_jax import config as config_lib
 from mnist_jax.trainer import Trainer
@@ -242,7 +242,6 @@ def test_a_sweep_that_keeps_the_test_set_out_chooses_on_validation_alone(tmp_pat
   """config.data.use_test=False: summary.json, the report and aggregate give validation metrics
   only, the report's figures are of the validation digits, the chosen point's final command
   turns the test set back on, and predict --index (a test image) is refused."""
-  from conftest import run_program  # pylint: disable=import-outside-toplevel
   run_main(*SWEEP, *TINY_FLAGS, "--config.data.use_test=False", f"--workdir={tmp_path}")
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert not [k for r in (summary, *summary["replicas"]) for k in r if k.startswith("test_")]
