@@ -18,7 +18,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mnist_jax import checkpoints, data, early_stopping, multihost, optim, parallel, tensorboard, train
+from mnist_jax import (checkpoints, data, early_stopping, environment, multihost, optim, parallel,
+                       tensorboard, train)
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host
@@ -55,6 +56,9 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
       workdir / workdir_lib.BEST_CHECKPOINTS, keep=1))
   try:  # closing waits for the checkpoint being written in the background, also on errors
     state, epoch, history = _resume(workdir, trainer.state, checkpointer, best_checkpointer)
+    where = environment.describe(data.choose_source(config.data.source), from_epoch=epoch)
+    workdir_lib.append_record(workdir, where, workdir_lib.ENVIRONMENT)
+    log.info("Environment: %s", environment.summary_line(where))
     state, epoch, history = _train_epochs(config, workdir, trainer, state, epoch, history,
                                           checkpointer, best_checkpointer)
     best = early_stopping.best_epoch(history, config.train.monitor)

@@ -2,6 +2,8 @@
 
     <workdir>/config.json        the config, written first: the mark of whose workdir it is
     <workdir>/metrics.jsonl      one JSON record per epoch, each epoch exactly once
+    <workdir>/environment.jsonl  where it ran: one record per process that trained it (a start or
+                                 a resume), mnist_jax.environment
     <workdir>/checkpoints/       orbax checkpoints of the whole TrainState, the last few epochs
     <workdir>/checkpoints_best/  with validation: the best epoch by config.train.monitor
     <workdir>/tensorboard/       per-epoch scalars (mnist_jax.tensorboard), while it trains
@@ -36,13 +38,17 @@ from mnist_jax import config as config_lib
 from mnist_jax.errors import ConfigError, RunError, WorkdirBusy, WriteError
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+ENVIRONMENT = "environment.jsonl"
 CHECKPOINTS, BEST_CHECKPOINTS = "checkpoints", "checkpoints_best"
 TENSORBOARD = "tensorboard"  # scalars per epoch, written while the run trains
 REPORT = "report.md"  # written last by mnist_jax.report: its presence marks a complete report
 REPORT_FILES = (REPORT, "figures", "classification_report.txt",
                 "classification_report.json", "confusion_matrix.csv", "misclassified.json")
 # What a run and its report write (and what --overwrite deletes).
-RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, SUMMARY, CONFIG, TENSORBOARD) + REPORT_FILES
+RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, ENVIRONMENT, SUMMARY, CONFIG,
+             TENSORBOARD) + REPORT_FILES
+# What a run's result is made of, and what experiments/results/ keeps of it (never checkpoints).
+RESULT_FILES = (CONFIG, SUMMARY, METRICS, ENVIRONMENT)
 
 
 LOCK = ".lock"
@@ -216,9 +222,10 @@ def read_history(workdir: pathlib.Path, up_to_epoch: int) -> tuple[list[dict], l
   return history, sorted(set(range(1, up_to_epoch + 1)) - set(records))
 
 
-def append_record(workdir: pathlib.Path, record: dict) -> None:
+def append_record(workdir: pathlib.Path, record: dict, name: str = METRICS) -> None:
+  """One JSON line appended to metrics.jsonl (or `name`, e.g. ENVIRONMENT)."""
   if parallel.is_primary():
-    with open(workdir / METRICS, "a") as f:
+    with open(workdir / name, "a") as f:
       f.write(json.dumps(record) + "\n")
 
 
@@ -232,9 +239,9 @@ def read_summary(workdir: pathlib.Path) -> dict:
   return json.loads(path.read_text()) if path.exists() else {}
 
 
-def read_metrics(workdir: pathlib.Path) -> list[dict]:
-  """metrics.jsonl: one record per epoch."""
-  path = pathlib.Path(workdir) / METRICS
+def read_metrics(workdir: pathlib.Path, name: str = METRICS) -> list[dict]:
+  """metrics.jsonl: one record per epoch (or `name`'s records, e.g. ENVIRONMENT's)."""
+  path = pathlib.Path(workdir) / name
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
