@@ -4,7 +4,7 @@
 #   ./run.sh test [ARGS]      the fast test tier, a few minutes (ARGS go to pytest)
 #   ./run.sh test --all       every test: the fast tier, then the slow one (what CI runs)
 #   ./run.sh bench [ARGS]     install requirements-bench.txt (Keras, TensorFlow, PyTorch) into .venv
-#                             and run python -m experiments.benchmarks.benchmark ARGS (README.md, Benchmark)
+#                             and run python -m experiments.benchmarks.benchmark ARGS (docs/benchmark.md)
 #   ./run.sh ARGS             python -m mnist_jax.main ARGS, e.g. ./run.sh --config=rmsprop_mlp
 set -euo pipefail
 cd "$(dirname "$0")"

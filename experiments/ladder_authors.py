@@ -16,7 +16,7 @@ yields the same batches), Adam 0.002, batch 100, 150 epochs with the last 50 dec
     python -m mnist_jax.aggregate runs/ladder_authors-seed0 runs/ladder_authors-seed1 \
         runs/ladder_authors-seed2 runs/ladder_authors-seed3 runs/ladder_authors-seed4
 
-Result: experiments/RESULTS.md (ladder_authors).
+Result: experiments/RESULTS.md (ladder_amlp and ladder_authors).
 """
 
 from mnist_jax import config as config_lib

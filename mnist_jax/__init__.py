@@ -1,5 +1,5 @@
 """mnist_jax: multilayer perceptrons on MNIST in JAX/Flax, reproducible to the bit.
 
 config -> data -> models -> optim -> train -> (parallel, replicas) -> loop -> workdir -> report;
-main.py is the command line. README.md, Architecture, lists what each module does.
+main.py is the command line. docs/architecture.md lists what each module does.
 """

@@ -16,12 +16,13 @@ table of `report.sweep_section`, one row per point, the point chosen on validati
 """
 
 import dataclasses
+import math
 import pathlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from mnist_jax import cli, data, hyperparams, report, sweeps
+from mnist_jax import cli, data, hyperparams, paths, report, sweeps
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import AggregateError
@@ -37,11 +38,55 @@ METRICS = {"accuracy": "accuracy", "loss": "loss",
 class SeedResult:
   """One seed's final numbers, as its run recorded them."""
   seed: int
-  workdir: pathlib.Path
+  workdir: Optional[pathlib.Path]  # None: a seed whose run's files were lost (results.typed)
   metrics: dict  # a subset of METRICS' keys -> value (without the split's prefix)
   tested_epoch: int
   train_seconds: float  # the run's; the replicas of a vmapped run share it
   median_epoch_seconds: float
+  environment: tuple = ()  # environment.jsonl's records (empty for runs that predate it)
+  num_seeds: int = 1  # of its run: > 1 for a replica of a vmapped run
+  typed_where: str = ""  # a seed without files: where it ran, as typed
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+  """A metric over n seeds: mean, standard deviation (n - 1), standard error of the mean, and the
+  mean's 95% confidence interval (Student's t, n - 1 degrees of freedom)."""
+  n: int
+  mean: float
+  std: float  # nan for one seed
+  se: float
+  low: float
+  high: float
+
+  @classmethod
+  def of(cls, values: Sequence[float]) -> "Stats":
+    values = np.asarray(values, dtype=np.float64)
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+      return cls(n, mean, math.nan, math.nan, math.nan, math.nan)
+    std = float(np.std(values, ddof=1))
+    se = std / math.sqrt(n)
+    half = t_quantile(n - 1) * se
+    return cls(n, mean, std, se, mean - half, mean + half)
+
+  def prediction_interval(self, k: int = 1) -> tuple[float, float]:
+    """The 95% prediction interval of the mean of `k` new seeds: where it falls 95% of the time
+    if they are drawn like these n (Student's t, n - 1 degrees of freedom)."""
+    half = t_quantile(self.n - 1) * self.std * math.sqrt(1 / k + 1 / self.n)
+    return self.mean - half, self.mean + half
+
+  def scaled(self, factor: float, offset: float = 0.0) -> "Stats":
+    """The same statistics of offset + factor * value (e.g. error in % from accuracy)."""
+    low, high = sorted((offset + factor * self.low, offset + factor * self.high))
+    return Stats(self.n, offset + factor * self.mean, abs(factor) * self.std,
+                 abs(factor) * self.se, low, high)
+
+
+def t_quantile(dof: int, level: float = 0.95) -> float:
+  """The two-sided `level` quantile of Student's t with `dof` degrees of freedom."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel  # jax's dependency; slow import
+  return float(stats.t.ppf(0.5 + level / 2, dof))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +97,16 @@ class Aggregate:
 
   @property
   def metrics(self) -> list[str]:
-    """The METRICS every seed has (an older summary.json may lack one)."""
-    return [m for m in METRICS if all(m in s.metrics for s in self.seeds)]
+    """The METRICS any seed has (an older summary.json, or a typed seed, may lack one)."""
+    return [m for m in METRICS if any(m in s.metrics for s in self.seeds)]
 
-  def mean_std(self, metric: str) -> tuple[float, float]:
-    """Mean and (population) standard deviation over the seeds, as summary.json's replicas."""
-    values = [s.metrics[metric] for s in self.seeds]
-    return float(np.mean(values)), float(np.std(values))
+  def stats(self, metric: str) -> Stats:
+    """`metric` over the seeds that have it."""
+    return Stats.of([s.metrics[metric] for s in self.seeds if metric in s.metrics])
+
+  def error(self) -> Stats:
+    """The error in percent (100 x (1 - accuracy)) over the seeds."""
+    return self.stats("accuracy").scaled(-100.0, 100.0)
 
 
 def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
@@ -76,7 +124,9 @@ def _seed_results(workdir: pathlib.Path, config) -> list[SeedResult]:
         f"other runs of the sweep) tabulates its points, as its report.md does.")
   shared = dict(workdir=workdir, tested_epoch=summary.get("tested_epoch", summary["epochs"]),
                 train_seconds=summary["train_seconds"],
-                median_epoch_seconds=float(np.median([r["seconds"] for r in history])))
+                median_epoch_seconds=float(np.median([r["seconds"] for r in history])),
+                environment=tuple(workdir_lib.read_metrics(workdir, workdir_lib.ENVIRONMENT)),
+                num_seeds=config.num_seeds)
   per_seed = summary.get("replicas", [{"seed": config.seed, **summary}])
   prefix = data.final_split(config.data) + "_"
   return [SeedResult(seed=r["seed"], metrics={m: r[prefix + m] for m in METRICS if prefix + m in r},
@@ -121,27 +171,51 @@ def _percent(accuracy: float) -> str:
   return f"{100 * (1 - accuracy):.2f}%"
 
 
-def markdown(result: Aggregate) -> str:
-  """The seeds' table (a row each, then mean +- std) and the commands, as RESULTS.md has them."""
+def _run_name(seed: SeedResult) -> str:
+  return f"`{paths.relative(seed.workdir)}`" if seed.workdir else "no files (typed)"
+
+
+def seeds_table(result: Aggregate) -> str:
+  """A row per seed, then the mean, the standard deviation (n - 1), the standard error and the
+  mean's 95% interval of each metric: the table RESULTS.md has for every result."""
   metrics, split = result.metrics, data.SPLIT_NAMES[result.split]
-  header = ["seed", "workdir", f"{split} error", *(f"{split} {METRICS[m]}" for m in metrics),
+  header = ["seed", "run", f"{split} error", *(f"{split} {METRICS[m]}" for m in metrics),
             "tested epoch", "training seconds (run)", "median seconds an epoch"]
-  rows = [[s.seed, f"`{s.workdir}`", _percent(s.metrics["accuracy"]),
-           *(f"{s.metrics[m]:.4f}" for m in metrics), s.tested_epoch, f"{s.train_seconds:,.0f}",
-           f"{s.median_epoch_seconds:.1f}"] for s in sorted(result.seeds, key=lambda s: s.seed)]
-  accuracy, accuracy_std = result.mean_std("accuracy")
-  error = f"{_percent(accuracy)} +- {100 * accuracy_std:.2f}"
-  mean_row = ["**mean +- std**", "", f"**{error}**"]
-  for m in metrics:
-    mean, std = result.mean_std(m)
-    mean_row.append(f"{mean:.5f} +- {std:.5f}")
-  rows.append(mean_row + ["", "", ""])
+  rows = [[s.seed, _run_name(s), _percent(s.metrics["accuracy"]),
+           *(f"{s.metrics[m]:.4f}" if m in s.metrics else "" for m in metrics), s.tested_epoch,
+           f"{s.train_seconds:,.0f}".replace("nan", ""),
+           f"{s.median_epoch_seconds:.1f}".replace("nan", "")]
+          for s in sorted(result.seeds, key=lambda s: s.seed)]
+  if len(result.seeds) > 1:
+    error, per_metric = result.error(), [result.stats(m) for m in metrics]
+    blank = ["", "", ""]
+    rows += [
+        ["**mean**", "", f"**{error.mean:.3f}%**", *(f"{m.mean:.5f}" for m in per_metric), *blank],
+        ["std (n - 1)", "", f"{error.std:.3f}", *(f"{m.std:.5f}" for m in per_metric), *blank],
+        ["standard error", "", f"{error.se:.3f}", *(f"{m.se:.5f}" for m in per_metric), *blank],
+        ["95% interval", "", f"{error.low:.3f}-{error.high:.3f}%",
+         *(f"{m.low:.5f}-{m.high:.5f}" for m in per_metric), *blank]]
+  return report.markdown_table(header, rows)
+
+
+def headline(result: Aggregate) -> str:
+  """"0.522% +- 0.028 (n - 1), 95% interval 0.487-0.557%, 5 seeds": a result in one phrase."""
+  error, n = result.error(), len(result.seeds)
+  if n < 2:
+    return f"{error.mean:.2f}%, 1 seed"
+  return (f"{error.mean:.3f}% +- {error.std:.3f} (std, n - 1), 95% interval "
+          f"{error.low:.3f}-{error.high:.3f}%, {n} seeds")
+
+
+def markdown(result: Aggregate) -> str:
+  """The seeds' table and the commands that reproduce it, as RESULTS.md has them."""
+  split = data.SPLIT_NAMES[result.split]
   return "\n".join([
-      f"{len(result.seeds)} seed{'s' * (len(result.seeds) > 1)}, {split} error {error} (mean +- std; "
+      f"{split.capitalize()} error {headline(result)} ("
       + ("each seed's test set used once, by its run):" if result.split == "test" else
          "the runs kept the test set out):"),
       "",
-      report.markdown_table(header, rows),
+      seeds_table(result),
       "",
       "Reproduced by:",
       "",

@@ -1,11 +1,11 @@
 """What the command-line programs share: absl flags, one error format, an in-process entry point.
 
-Every program (`main`, `report`, `predict`, `aggregate`, `prepare_tfds`, and the benchmark
-programs in experiments/benchmarks/) defines its flags at module level and ends with
+Every program (`main`, `report`, `predict`, `aggregate`, `results`, `verify`, `prepare_tfds`, and
+the benchmark programs in experiments/benchmarks/) defines its flags at module level and ends with
 `cli.start(main)`. `run(main, argv)` is the same program called from
 Python (the tests do): it parses `argv` afresh, calls `main`, and returns the exit code instead
-of leaving the interpreter. An `errors.Error` becomes one paragraph on stderr, no traceback:
-exit 2 when the command line itself is wrong, 1 when the run fails, 130 when it was interrupted.
+of leaving the interpreter. An `errors.Error` becomes one paragraph on stderr, no traceback, and
+an exit code from the list below.
 """
 
 import sys
@@ -20,8 +20,15 @@ from mnist_jax import errors
 # read): one definition, so the programs can import each other.
 WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory, e.g. runs/adam_mlp.")
 
-# Exit codes. LOST_PROCESS: a process of a multi-host job was lost; the same command resumes.
-USAGE, FAILED, INTERRUPTED, LOST_PROCESS = 2, 1, 130, 75
+# Exit codes, the one list of them:
+#   0  success (verify: your runs agree with the committed result)
+#   1  FAILED: the run failed, or the program could not do what was asked (one paragraph says why;
+#      verify: an unfinished run, a sweep, no committed result, or a run of another config)
+#   2  USAGE: the command line is wrong (an unknown flag, a bad --config or override)
+#   3  DISAGREES: verify compared your runs with the committed result, and they disagree
+#   75 LOST_PROCESS: a process of a multi-host job was lost; the same command resumes
+#   130 INTERRUPTED: stopped by SIGINT/SIGTERM after a checkpoint; the same command resumes
+USAGE, FAILED, DISAGREES, INTERRUPTED, LOST_PROCESS = 2, 1, 3, 130, 75
 
 
 def fail(message: str, code: int = FAILED) -> int:

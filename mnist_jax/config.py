@@ -13,6 +13,7 @@ registry beside the code that implements it (`optim.OPTIMIZERS`, `layers.ACTIVAT
 import importlib.util
 import pathlib
 import traceback
+from typing import Optional
 
 import ml_collections
 
@@ -89,3 +90,19 @@ def load_file(path: pathlib.Path) -> ml_collections.ConfigDict:
                       f"mnist_jax.config.default_config(), which has every field the trainer "
                       f"reads.")
   return config
+
+
+def closest(config) -> Optional[tuple[str, dict]]:
+  """(name, overrides): the experiment in experiments/ from which `config` differs in the fewest
+  fields, and those fields' values in `config` (flattened keys); None when no experiment loads."""
+  target = flatten(config.to_dict())
+  best = None
+  for name in available():
+    try:  # a file that does not load here (being edited, or newer than this code) is no base
+      base = flatten(load(name).to_dict())
+    except ConfigError:
+      continue
+    overrides = {key: value for key, value in target.items() if base.get(key) != value}
+    if best is None or len(overrides) < len(best[1]):
+      best = (name, overrides)
+  return best

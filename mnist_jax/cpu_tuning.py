@@ -9,7 +9,7 @@ Two choices make small-batch MLP training faster on a CPU and change nothing els
 * `dense_dot_general`, nn.Dense's product: `narrow_matmul` for the logits layer at small batches on
   the CPU backend, plain `lax.dot_general` everywhere else.
 
-README.md (Benchmark) gives the measurements behind both.
+docs/benchmark.md gives the measurements behind both.
 """
 
 import functools

@@ -10,7 +10,8 @@ from mnist_jax import hyperparams
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Keras defaults (see ../shared/seeds.md): what a tutorial gets when it does not say.
+  """Keras defaults: what a tutorial gets when it does not say (each tutorial's config in
+  experiments/ sets what its tutorial does).
 
   Long by design: every field, with what it means, in one place.
   """

@@ -51,3 +51,7 @@ class ImageError(Error, ValueError):
 
 class AggregateError(Error, ValueError):
   """Runs that do not make one experiment's seeds."""
+
+
+class ResultError(Error, ValueError):
+  """A committed result (experiments/results/) that cannot be saved, read or compared with."""

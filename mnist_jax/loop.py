@@ -18,8 +18,17 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mnist_jax import (checkpoints, data, early_stopping, environment, multihost, optim, parallel,
-                       tensorboard, train)
+from mnist_jax import (
+  checkpoints,
+  data,
+  early_stopping,
+  environment,
+  multihost,
+  optim,
+  parallel,
+  tensorboard,
+  train,
+)
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host

@@ -4,6 +4,7 @@ import pathlib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"  # --config=NAME is experiments/NAME.py
+RESULTS_DIR = EXPERIMENTS_DIR / "results"  # the committed runs behind experiments/RESULTS.md
 DATA_DIR = REPO_ROOT / "data"  # data/<name> (IDX files), data/tfds (the tfds data_dir)
 
 

@@ -86,25 +86,17 @@ def _flag_value(value) -> str:
   return str(value)
 
 
-def reproduce_command(config, workdir) -> str:
+def reproduce_command(config, workdir=None) -> str:
   """The `mnist_jax.main` command for `config`: the closest experiment plus one override per
   field that differs, so that it works for runs started from notebooks or old configs too."""
-  target = config_lib.flatten(config.to_dict())
-  best = None
-  for name in config_lib.available():
-    try:  # a file that does not load here (being edited, or newer than this code) is no base
-      base = config_lib.flatten(config_lib.load(name).to_dict())
-    except ConfigError:
-      continue
-    overrides = {key: value for key, value in target.items() if base.get(key) != value}
-    if best is None or len(overrides) < len(best[1]):
-      best = (name, overrides)
-  if best is None:
+  closest = config_lib.closest(config)
+  if closest is None:
     return f"# no config in {EXPERIMENTS_DIR} loads; this run's is {workdir}/config.json"
-  name, overrides = best
+  name, overrides = closest
   args = [f"--config={name}"]
   args += [f"--config.{key}={_flag_value(value)}" for key, value in sorted(overrides.items())]
-  args.append(f"--workdir={workdir}")
+  if workdir is not None:
+    args.append(f"--workdir={workdir}")
   return "python -m mnist_jax.main " + " ".join(shlex.quote(a) for a in args)
 
 

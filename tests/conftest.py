@@ -167,6 +167,24 @@ def records(workdir):
           (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def fake_run(workdir, config, summary, epoch_seconds=(2.0, 1.0, 4.0), environment=None):
+  """A finished run's files as the loop writes them (no checkpoints: aggregate, results and
+  verify never read them); `summary=None` leaves it unfinished."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  workdir.mkdir(parents=True)
+  (workdir / workdir_lib.CONFIG).write_text(workdir_lib.config_json(config))
+  (workdir / workdir_lib.METRICS).write_text("".join(
+      json.dumps({"epoch": e + 1, "seconds": s}) + "\n" for e, s in enumerate(epoch_seconds)))
+  if environment is not None:
+    (workdir / workdir_lib.ENVIRONMENT).write_text(json.dumps(environment) + "\n")
+  if summary is not None:
+    summary = {"epochs": 3, "tested_epoch": 3, "train_seconds": sum(epoch_seconds), **summary}
+    (workdir / workdir_lib.SUMMARY).write_text(json.dumps(summary))
+  return workdir
+
+
 def without(record, *keys):
   return {k: v for k, v in record.items() if k not in keys}
 
