@@ -2,17 +2,27 @@
 
 A checkpoint is saved under the number of epochs completed. orbax writes each one to a temporary
 `<epoch>.orbax-checkpoint-tmp*` directory and renames it when complete, so a crash mid-save leaves
-the previous checkpoints intact (the leftover is ignored, then deleted). A checkpoint that still
-fails to restore (e.g. files deleted by hand) is skipped, with a warning, for an older one.
+the previous checkpoints intact (the leftover is ignored, then deleted).
+
+orbax does not notice a flipped byte, so each checkpoint also records the SHA-256 of its files,
+`<epoch>/sha256.json`, written (in a background thread, off the epoch's critical path) once orbax
+has committed it; every restore checks them first. A damaged checkpoint (a changed, missing or
+truncated file) is skipped, in one line, for an older one. The manifest is written last, so a
+process killed between orbax's commit and the manifest leaves a checkpoint that is never trusted:
+it counts as an unfinished save. Which epochs must have a manifest is in `checksums.json` (the
+first epoch saved with them): checkpoints saved before checksums existed restore with a note.
 """
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import pathlib
 import shutil
 import sys
+import threading
 import warnings
 from typing import Optional
 
@@ -26,6 +36,8 @@ from mnist_jax.errors import CheckpointError, LostProcess
 log = logging.getLogger("mnist_jax")
 
 _ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax saves into <epoch>.orbax-checkpoint-tmp*
+MANIFEST = "sha256.json"  # in each checkpoint's directory: {relative path: SHA-256} of its files
+SINCE = "checksums.json"  # in the checkpoints' directory: {"from_epoch": the first with a manifest}
 
 
 class Checkpointer:
@@ -39,6 +51,9 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True))
     self._failed = False
+    self._hashing: Optional[threading.Thread] = None  # writes the last save's manifest
+    self._hash_error: Optional[BaseException] = None
+    self.damaged: dict[int, str] = {}  # epoch -> what is wrong, found by the last restore
     _silence_orbax_failure_reports()
 
   def save(self, epoch: int, state) -> None:
@@ -53,12 +68,64 @@ class Checkpointer:
     with self._writing():
       if epoch in self._manager.all_steps():
         self._manager.delete(epoch)
+      if parallel.is_primary() and self._checksummed_from() is None:
+        _write_atomic(self.directory / SINCE, json.dumps({"from_epoch": epoch}) + "\n")
       self._manager.save(epoch, args=ocp.args.StandardSave(host_copy), force=True)
+    if parallel.is_primary():
+      self._hashing = threading.Thread(target=self._write_manifest, args=(epoch,), daemon=True)
+      self._hashing.start()
+
+  def _write_manifest(self, epoch: int) -> None:
+    """Wait for orbax's commit of `epoch`, then record its files' checksums (in a thread)."""
+    try:
+      self._manager.wait_until_finished()
+      directory = self.directory / str(epoch)
+      _write_atomic(directory / MANIFEST, json.dumps(_digests(directory), indent=0) + "\n")
+    except BaseException as e:  # pylint: disable=broad-except  # raised again by wait()
+      self._hash_error = e
 
   def wait(self) -> None:
-    """Block until the last save is completely written; raises OSError if it failed."""
+    """Block until the last save is completely written, checksums included; raises OSError if
+    it failed."""
+    if self._hashing is not None:
+      self._hashing.join()
+      self._hashing = None
+    error, self._hash_error = self._hash_error, None
     with self._writing():
+      if error is not None:
+        raise error
       self._manager.wait_until_finished()
+
+  def _checksummed_from(self) -> Optional[int]:
+    """The first epoch saved with a manifest (checksums.json); None for a directory that has
+    none yet (new, or of a run from before checksums)."""
+    try:
+      return int(json.loads((self.directory / SINCE).read_text())["from_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+      return None
+
+  def check(self, epoch: int) -> Optional[str]:
+    """None if the checkpoint of `epoch` matches its checksums (or predates them); else what is
+    wrong with it, in a phrase: "unfinished ..." for a save whose manifest was never written."""
+    directory = self.directory / str(epoch)
+    try:
+      manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+      since = self._checksummed_from()
+      if since is None or epoch < since:
+        log.info("The checkpoint of epoch %d in %s predates checksums: restored unchecked.",
+                 epoch, self.directory)
+        return None
+      return "unfinished: its save stopped before its checksums were written"
+    except (OSError, ValueError) as e:
+      return f"its checksum file {MANIFEST} is unreadable ({e})"
+    actual = _digests(directory)
+    for name, digest in sorted(manifest.items()):
+      if name not in actual:
+        return f"{name} is missing"
+      if actual[name] != digest:
+        return f"{name} does not match its checksum"
+    return None
 
   @contextlib.contextmanager
   def _writing(self):
@@ -85,10 +152,17 @@ class Checkpointer:
     rather than being skipped: it means the workdir belongs to another config.
     """
     self.wait()
+    self.damaged = {}
     candidates = [epoch] if epoch is not None else self.epochs()[::-1]
     target = _state_dict(template)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for candidate in candidates:
+      if (problem := self.check(candidate)) is not None:
+        if not problem.startswith("unfinished"):
+          self.damaged[candidate] = problem
+        log.warning("Skipping the checkpoint of epoch %d in %s: %s.", candidate, self.directory,
+                    problem)
+        continue
       try:
         # Compared before reading any array: a failed orbax read leaves reports behind at exit.
         mismatch = _first_mismatch(self._manager.metadata(candidate).item_metadata, abstract)
@@ -97,6 +171,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except  # truncated or damaged files
         mismatch = _first_lines(e, 2).split(". ")[0] if _is_shape_mismatch(e) else None
         if mismatch is None:
+          self.damaged[candidate] = (f"orbax cannot read it ({type(e).__name__}: "
+                                     f"{_first_lines(e, 1)})")
           log.warning("Skipping the checkpoint of epoch %d in %s: it is incomplete or damaged "
                       "(%s: %s).", candidate, self.directory, type(e).__name__,
                       _first_lines(e, 1))
@@ -127,16 +203,40 @@ class Checkpointer:
       if newer > epoch:
         self._manager.delete(newer)
 
+  def describe_damage(self) -> str:
+    """The damaged checkpoints the last restore skipped, for an error paragraph."""
+    return "; ".join(f"epoch {epoch} ({self.directory / str(epoch)}): {problem}"
+                     for epoch, problem in sorted(self.damaged.items()))
+
   def close(self) -> None:
     """Wait for the last save, then release orbax's threads; after a failed write, just release."""
     if not self._failed:
+      self.wait()
       with self._writing():
         self._manager.close()
       return
+    if self._hashing is not None:
+      self._hashing.join()
     try:
       self._manager.close()
     except Exception:  # pylint: disable=broad-except  # the failure already reported
       pass
+
+
+def _digests(directory: pathlib.Path) -> dict[str, str]:
+  """{path relative to `directory`: SHA-256} of every file under it but the manifest."""
+  out = {}
+  for path in sorted(directory.rglob("*")):
+    if path.is_file() and path.name != MANIFEST:
+      with open(path, "rb") as f:
+        out[str(path.relative_to(directory))] = hashlib.file_digest(f, "sha256").hexdigest()
+  return out
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
 
 
 # Fields left out of a checkpoint while they hold this empty value: a run without a moving

@@ -30,7 +30,7 @@ from mnist_jax import (
   train,
 )
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.errors import RunInterrupted, TrainingDiverged
+from mnist_jax.errors import CheckpointError, RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host
 from mnist_jax.train import summarize
 from mnist_jax.trainer import Trainer
@@ -66,7 +66,7 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
   try:  # closing waits for the checkpoint being written in the background, also on errors
     state, epoch, history = _resume(workdir, trainer.state, checkpointer, best_checkpointer)
     where = environment.describe(data.choose_source(config.data.source), from_epoch=epoch)
-    workdir_lib.append_record(workdir, where, workdir_lib.ENVIRONMENT)
+    workdir_lib.append_environment(workdir, where)
     log.info("Environment: %s", environment.summary_line(where))
     state, epoch, history = _train_epochs(config, workdir, trainer, state, epoch, history,
                                           checkpointer, best_checkpointer)
@@ -122,13 +122,22 @@ def _train_and_test(config, workdir: pathlib.Path, trainer: Trainer):
 
 def _resume(workdir: pathlib.Path, state, checkpointer: checkpoints.Checkpointer,
             best_checkpointer: Optional[checkpoints.Checkpointer]) -> tuple:
-  """(state, epoch, history) of the newest usable checkpoint; (state, 0, []) if there is none.
+  """(state, epoch, history) of the newest usable checkpoint; (state, 0, []) if there is none
+  (a new run, or one killed before its first checkpoint was complete).
 
   Checkpoints newer than the one restored are damaged, or were saved just before a kill ended
   the run between its two saves: the epochs after the restored one are trained again, and
-  saved again, bit for bit as before.
+  saved again, bit for bit as before. When checkpoints exist but every one is damaged, the run
+  stops (CheckpointError) and deletes nothing.
   """
   restored = checkpointer.restore(state)
+  if restored is None and checkpointer.damaged:
+    raise CheckpointError(
+        f"No checkpoint in {checkpointer.directory} can be restored: "
+        f"{checkpointer.describe_damage()}. The run does not start over on its own, and nothing "
+        f"was deleted. Restore the damaged files (from a backup or a copy of the workdir) and run "
+        f"the same command again to resume, or pass --overwrite to delete this run and train it "
+        f"again from epoch 1.")
   state, start_epoch = restored if restored is not None else (state, 0)
   for each in (checkpointer, best_checkpointer):
     if each is not None:

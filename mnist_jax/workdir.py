@@ -222,10 +222,19 @@ def read_history(workdir: pathlib.Path, up_to_epoch: int) -> tuple[list[dict], l
   return history, sorted(set(range(1, up_to_epoch + 1)) - set(records))
 
 
-def append_record(workdir: pathlib.Path, record: dict, name: str = METRICS) -> None:
-  """One JSON line appended to metrics.jsonl (or `name`, e.g. ENVIRONMENT)."""
+def append_record(workdir: pathlib.Path, record: dict) -> None:
+  """An epoch's record, appended to metrics.jsonl."""
+  _append_line(workdir / METRICS, record)
+
+
+def append_environment(workdir: pathlib.Path, record: dict) -> None:
+  """Where this process trains the run (`environment.describe`), appended to environment.jsonl."""
+  _append_line(workdir / ENVIRONMENT, record)
+
+
+def _append_line(path: pathlib.Path, record: dict) -> None:
   if parallel.is_primary():
-    with open(workdir / name, "a") as f:
+    with open(path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
 
@@ -310,7 +319,10 @@ def load_run(workdir, replica: int = 0) -> Run:
   finally:
     checkpointer.close()
   if restored is None:
-    raise RunError(f"No usable checkpoint in {directory}: train the run (again) to make one.")
+    damage = checkpointer.describe_damage()
+    raise RunError(f"No usable checkpoint in {directory}"
+                   + (f" ({damage})" if damage else "") + ". Restore the damaged files, or train "
+                   "the run again (--overwrite) to make one.")
   state, epoch = restored
   if num_replicas > 1:
     state = replicas.select(state, replica)

@@ -167,6 +167,22 @@ def records(workdir):
           (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@contextlib.contextmanager
+def resumes_from(workdir, epoch):
+  """Asserts that the block resumes the run in `workdir` from its checkpoint of `epoch`, not from
+  scratch: the environment record the resumed process appends says so, and the records of epochs
+  1..epoch are untouched (a run that started over would write them again, with other times)."""
+  import json  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  before = [r for r in records(workdir) if r["epoch"] <= epoch]
+  assert len(before) == epoch, f"{workdir} records {len(before)} of the {epoch} epochs to keep"
+  yield
+  started = [json.loads(line) for line in
+             (workdir / "environment.jsonl").read_text().splitlines()]
+  assert started[-1]["from_epoch"] == epoch, f"resumed from {started[-1]['from_epoch']}, not {epoch}"
+  assert [r for r in records(workdir) if r["epoch"] <= epoch] == before
+
+
 def fake_run(workdir, config, summary, epoch_seconds=(2.0, 1.0, 4.0), environment=None):
   """A finished run's files as the loop writes them (no checkpoints: aggregate, results and
   verify never read them); `summary=None` leaves it unfinished."""

@@ -22,8 +22,10 @@ from conftest import (
   assert_clear_error,
   records,
   restore,
+  resumes_from,
   run_cli,
   run_main,
+  run_program,
   without,
 )
 from mnist_jax import config as config_lib
@@ -110,8 +112,10 @@ def test_sigkill_then_resume_equals_uninterrupted(straight, tmp_path):
   assert process.returncode == -signal.SIGKILL
   assert not (workdir / "summary.json").exists(), "the run finished before the kill landed"
 
-  result = run_cli(*RUN, f"--workdir={workdir}")  # the same command resumes
-  assert "Resuming from the checkpoint after epoch" in result.stdout
+  saved = restore(workdir)[1]
+  with resumes_from(workdir, saved):
+    result = run_cli(*RUN, f"--workdir={workdir}")  # the same command resumes
+  assert f"Resuming from the checkpoint after epoch {saved}" in result.stdout
   _assert_same_run(workdir, straight)
 
 
@@ -129,7 +133,8 @@ def test_sigterm_saves_exits_cleanly_and_resumes_identically(straight, tmp_path)
   assert stopped, stderr
   assert restore(workdir)[1] == int(stopped.group(1))  # the epoch it stopped after is saved
 
-  run_cli(*RUN, f"--workdir={workdir}")
+  with resumes_from(workdir, int(stopped.group(1))):
+    run_cli(*RUN, f"--workdir={workdir}")
   _assert_same_run(workdir, straight)
 
 
@@ -144,12 +149,105 @@ def test_damaged_latest_checkpoint_and_unfinished_save_are_skipped(straight, tmp
   leftover.mkdir()
   (leftover / "half_written").write_bytes(b"\0" * 100)
 
-  result = run_main(*RUN, f"--workdir={workdir}")
+  with resumes_from(workdir, EPOCHS - 1):
+    result = run_main(*RUN, f"--workdir={workdir}")
   assert f"Skipping the checkpoint of epoch {EPOCHS} in" in result.stdout
   assert f"Resuming from the checkpoint after epoch {EPOCHS - 1}" in result.stdout
   assert "Traceback" not in result.stderr, result.stderr
   assert not leftover.exists()
   _assert_same_run(workdir, straight)
+
+
+def _flip_a_byte(checkpoint):
+  """One bit of the largest file of a checkpoint's directory flipped, as a bad disk would."""
+  largest = max((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 2] ^= 1
+  largest.write_bytes(bytes(data))
+  return largest
+
+
+def test_a_flipped_byte_in_the_newest_checkpoint_is_named_and_the_previous_one_resumes(
+    straight, tmp_path):
+  """orbax restores a flipped byte as if intact; the checksums do not."""
+  workdir = tmp_path / "run"
+  shutil.copytree(straight, workdir)
+  (workdir / "summary.json").unlink()
+  flipped = _flip_a_byte(workdir / "checkpoints" / str(EPOCHS))
+  with resumes_from(workdir, EPOCHS - 1):
+    result = run_main(*RUN, f"--workdir={workdir}")
+  name = flipped.relative_to(workdir / "checkpoints" / str(EPOCHS))
+  assert (f"Skipping the checkpoint of epoch {EPOCHS} in {(workdir / 'checkpoints').resolve()}: "
+          f"{name} does not match its checksum." in result.stdout)
+  _assert_same_run(workdir, straight)
+
+
+def _tree(directory):
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+          if p.is_file()}
+
+
+def test_when_every_checkpoint_is_damaged_the_run_refuses_and_deletes_nothing(straight, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(straight, workdir)
+  (workdir / "summary.json").unlink()
+  epochs = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(epochs) == 2
+  _flip_a_byte(workdir / "checkpoints" / str(epochs[-1]))
+  truncated = workdir / "checkpoints" / str(epochs[0]) / "_CHECKPOINT_METADATA"
+  truncated.write_bytes(truncated.read_bytes()[:10])
+  before = _tree(workdir)
+
+  result = run_main(*RUN, f"--workdir={workdir}", check=False)
+  assert_clear_error(result, 1, f"No checkpoint in {(workdir / 'checkpoints').resolve()} can be "
+                     f"restored: epoch {epochs[0]} (", "_CHECKPOINT_METADATA does not match its "
+                     f"checksum; epoch {epochs[1]} (", "does not match its checksum. The run does "
+                     "not start over on its own, and nothing was deleted", "--overwrite")
+  assert "Epoch 1/" not in result.stdout
+  after = _tree(workdir)
+  assert {k: v for k, v in after.items() if k != "environment.jsonl"} == {
+      k: v for k, v in before.items() if k != "environment.jsonl"}
+
+
+def test_a_save_killed_before_its_checksums_is_never_trusted(tiny_config, tmp_path, caplog):
+  """Killed between orbax's commit and the manifest: that checkpoint counts as an unfinished save,
+  skipped for the one before; when it was the first, the run starts fresh, as after any kill
+  before the first checkpoint."""
+  tiny_config.train.epochs = 3
+  straight, _ = loop.train_and_evaluate(tiny_config, tmp_path / "straight")
+  shutil.copytree(tmp_path / "straight", tmp_path / "run")
+  (tmp_path / "run" / "summary.json").unlink()
+  (tmp_path / "run" / "checkpoints" / "3" / "sha256.json").unlink()
+  with resumes_from(tmp_path / "run", 2):
+    resumed, _ = loop.train_and_evaluate(tiny_config, tmp_path / "run")
+  assert "epoch 3 in" in caplog.text and "before its checksums were written" in caplog.text
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+  tiny_config.train.keep_checkpoints = 1
+  first = tmp_path / "first"
+  loop.train_and_evaluate(tiny_config, first)
+  (first / "summary.json").unlink()
+  (first / "checkpoints" / "3" / "sha256.json").unlink()
+  with resumes_from(first, 0):
+    again, _ = loop.train_and_evaluate(tiny_config, first)
+  for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_checkpoints_saved_before_checksums_restore_with_a_note(tiny_config, tmp_path, caplog):
+  tiny_config.train.epochs = 3
+  straight, _ = loop.train_and_evaluate(tiny_config, tmp_path)
+  (tmp_path / "summary.json").unlink()
+  (tmp_path / "checkpoints" / "checksums.json").unlink()
+  for manifest in (tmp_path / "checkpoints").glob("*/sha256.json"):
+    manifest.unlink()
+  caplog.set_level("INFO", logger="mnist_jax")
+  with resumes_from(tmp_path, 3):
+    resumed, _ = loop.train_and_evaluate(tiny_config, tmp_path)
+  assert "The checkpoint of epoch 3 in" in caplog.text and "predates checksums" in caplog.text
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(x, y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,12 +312,35 @@ def test_early_stopping_restores_best_and_resumes_exactly(tmp_path):
     (tmp_path / "summary.json").unlink()
     for epoch in removed:
       shutil.rmtree(tmp_path / "checkpoints" / str(epoch))
-    resumed, _ = loop.train_and_evaluate(config, tmp_path)
+    with resumes_from(tmp_path, 3 - len(removed)):
+      resumed, _ = loop.train_and_evaluate(config, tmp_path)
     assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3]
     again = json.loads((tmp_path / "summary.json").read_text())
     assert without(again, "train_seconds") == without(summary, "train_seconds")
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(best.params), strict=True):
       np.testing.assert_array_equal(x, y)
+
+
+def test_a_damaged_best_checkpoint_is_caught_by_its_checksum_wherever_it_is_read(tmp_path, caplog):
+  """The loop falls back to the last epoch's parameters (its documented fallback); report and
+  predict, which read the tested checkpoint, refuse in one paragraph naming the file."""
+  config = config_lib.load("adam_mlp")
+  config.data.source, config.data.train_subset, config.data.validation = "idx", 512, "train_tail"
+  config.optimizer.name, config.optimizer.learning_rate = "sgd", 1e-12  # epoch 1 stays the best
+  config.train.epochs, config.train.batch_size, config.train.early_stopping_patience = 10, 64, 2
+  loop.train_and_evaluate(config, tmp_path)
+  assert json.loads((tmp_path / "summary.json").read_text())["tested_epoch"] == 1
+  _flip_a_byte(tmp_path / "checkpoints_best" / "1")
+  for program, args in (("report", ()), ("predict", ("--index=0",))):
+    assert_clear_error(run_program(program, f"--workdir={tmp_path}", *args), 1,
+                       f"No usable checkpoint in {tmp_path / 'checkpoints_best'} (epoch 1 (",
+                       "does not match its checksum). Restore the damaged files")
+
+  (tmp_path / "summary.json").unlink()  # the run again from its last checkpoint (epoch 3)
+  with resumes_from(tmp_path, 3):
+    loop.train_and_evaluate(config, tmp_path)
+  assert "The best checkpoint (epoch 1) is unreadable: testing the last epoch's" in caplog.text
+  assert json.loads((tmp_path / "summary.json").read_text())["tested_epoch"] == 3
 
 
 def test_resume_is_exact_with_ema_max_norm_and_rbg(tmp_path):
@@ -236,7 +357,8 @@ def test_resume_is_exact_with_ema_max_norm_and_rbg(tmp_path):
 
   (tmp_path / "summary.json").unlink()  # killed after epoch 2's save
   shutil.rmtree(tmp_path / "checkpoints" / "3")
-  resumed, _ = loop.train_and_evaluate(config, tmp_path)
+  with resumes_from(tmp_path, 2):
+    resumed, _ = loop.train_and_evaluate(config, tmp_path)
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(x, y)
   again = json.loads((tmp_path / "summary.json").read_text())
@@ -270,7 +392,8 @@ def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactl
 
   (tmp_path / "summary.json").unlink()  # killed after epoch 2's save
   shutil.rmtree(tmp_path / "checkpoints" / "3")
-  resumed, _ = loop.train_and_evaluate(config, tmp_path)
+  with resumes_from(tmp_path, 2):
+    resumed, _ = loop.train_and_evaluate(config, tmp_path)
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(x, y)
 
@@ -336,7 +459,8 @@ def test_a_failed_write_stops_clearly_and_the_same_call_resumes_exactly(straight
                      r"written before are intact.*Free some space.*run the same command again"):
     loop.train_and_evaluate(config, run)
   assert failed["failed"] and not (run / "summary.json").exists()
-  loop.train_and_evaluate(config, run)  # space freed: the same call again
+  with resumes_from(run, restore(run)[1]):
+    loop.train_and_evaluate(config, run)  # space freed: the same call again
   _assert_same_run(run, straight)
 
 
@@ -357,7 +481,8 @@ def test_a_genuinely_full_disk(tmp_path):
                        "intact", "Free some space")
     assert "Exception ignored" not in result.stderr and "raised an exception" not in result.stderr
     subprocess.run(["mount", "-o", "remount,size=20m", str(small)], check=True)
-    run_cli(*flags, f"--workdir={small / 'run'}")
+    with resumes_from(small / "run", restore(small / "run")[1]):
+      run_cli(*flags, f"--workdir={small / 'run'}")
     run_cli(*flags, f"--workdir={tmp_path / 'roomy'}")
     (state, epoch), (expected, _) = restore(small / "run"), restore(tmp_path / "roomy")
     assert epoch == 4
@@ -393,7 +518,8 @@ def test_recomputed_batchnorm_statistics_are_tested_saved_and_read_back(tiny_con
   assert first["recomputed_val_loss"] != last_epoch["val_loss"]  # the running averages' figure
 
   (tmp_path / "run" / "summary.json").unlink()  # stopped after the statistics' save
-  loop.train_and_evaluate(tiny_config, tmp_path / "run")
+  with resumes_from(tmp_path / "run", tiny_config.train.epochs):
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
   again = workdir_lib.load_run(tmp_path / "run")
   for x, y in zip(jax.tree.leaves(again.state), jax.tree.leaves(run.state), strict=True):
     np.testing.assert_array_equal(x, y)
@@ -445,7 +571,8 @@ def test_ladder_amlp_with_recomputed_statistics_resumes_exactly(tmp_path):
 
   (tmp_path / "summary.json").unlink()
   shutil.rmtree(tmp_path / "checkpoints" / "3")
-  resumed, _ = loop.train_and_evaluate(config, tmp_path)
+  with resumes_from(tmp_path, 2):
+    resumed, _ = loop.train_and_evaluate(config, tmp_path)
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(x, y)
   again = json.loads((tmp_path / "summary.json").read_text())

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY_FLAGS, assert_clear_error, records, run_main, run_program
+from conftest import TINY_FLAGS, assert_clear_error, records, resumes_from, run_main, run_program
 from mnist_jax import aggregate, hyperparams, loop, replicas, report, sweeps, train, validation
 from mnist_jax import config as config_lib
 from mnist_jax.trainer import Trainer
@@ -263,13 +263,14 @@ def test_a_sweep_that_keeps_the_test_set_out_chooses_on_validation_alone(tmp_pat
 def test_a_killed_sweep_resumes_to_the_same_parameters(tmp_path):
   config = small("best_mlp")
   config.sweep.optimizer.learning_rate, config.sweep.model.gaussian_noise = (1e-3, 3e-3), (0.0, 0.3)
-  config.train.epochs = 3
+  config.train.epochs, config.train.checkpoint_every = 3, 1  # best_mlp saves every 5 epochs
   straight, _ = loop.train_and_evaluate(config, tmp_path / "straight")
   import shutil  # pylint: disable=import-outside-toplevel
   shutil.copytree(tmp_path / "straight", tmp_path / "killed")
   (tmp_path / "killed" / "summary.json").unlink()  # killed after epoch 2's save
   shutil.rmtree(tmp_path / "killed" / "checkpoints" / "3")
-  resumed, _ = loop.train_and_evaluate(config, tmp_path / "killed")
+  with resumes_from(tmp_path / "killed", 2):
+    resumed, _ = loop.train_and_evaluate(config, tmp_path / "killed")
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(x, y)
 

@@ -97,11 +97,18 @@ def check_bit_identity_and_resume(tmp, extra) -> dict:
   process.wait()
   landed = not (killed / "summary.json").exists()
   resumed = _cli(killed, "adam_mlp", flags) if landed else None
-  resume_exact = bool(landed and resumed.returncode == 0
+  resume_exact = bool(landed and resumed.returncode == 0 and _resumed_from(killed) >= 1
                       and _identical(_params(killed), _params(tmp / "same_0")))
   return {"bit_identical": identical, "kill_landed_mid_run": landed,
           "resume_exact": resume_exact, "ok": identical and resume_exact,
           "first_run": _tutorial_row("adam_mlp", runs[0])}
+
+
+def _resumed_from(workdir: pathlib.Path) -> int:
+  """The epoch the run's last process started from (environment.jsonl): 0 for a restart, which
+  would end bit-identical too."""
+  path = workdir / "environment.jsonl"
+  return json.loads(path.read_text().splitlines()[-1])["from_epoch"] if path.exists() else 0
 
 
 def time_systems(configs, epochs, timeout) -> list[dict]:
