@@ -127,7 +127,65 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def _same_config(workdir: pathlib.Path, config) -> bool:
-  return json.loads((workdir / CONFIG).read_text()) == json.loads(config_json(config))
+  return read_json(workdir / CONFIG) == json.loads(config_json(config))
+
+
+# What to do about each damaged file of a run; the run's other files are left as they are.
+_REPAIR = {
+    CONFIG: ("Restore it from a copy of the workdir: without it the run can be neither resumed "
+             "nor read. To train the config from scratch instead, use a new --workdir, or pass "
+             "--overwrite to delete this run."),
+    SUMMARY: ("It is written last, when the run finishes: delete it and run the run's command "
+              "again, which resumes from the last checkpoint and writes it anew, or restore it "
+              "from a copy of the workdir."),
+    METRICS: ("Restore it from a copy of the workdir, or delete the damaged lines: the run records "
+              "each epoch once, and its report and resume go by the records it has."),
+    ENVIRONMENT: ("Restore it from a copy of the workdir, or delete the damaged lines: it only "
+                  "records where the run ran."),
+}
+
+
+def _damaged(path: pathlib.Path, what: str) -> RunError:
+  return RunError(f"{path} is damaged: {what}. Nothing was changed or deleted. "
+                  f"{_REPAIR[path.name]}")
+
+
+def read_json(path: pathlib.Path) -> dict:
+  """config.json or summary.json as a dict; a truncated or garbled file is a RunError paragraph
+  naming the file and its repair."""
+  try:
+    value = json.loads(path.read_bytes())
+  except json.JSONDecodeError as e:
+    raise _damaged(path, f"it is not JSON (cut short, or overwritten: {e.msg} at line "
+                         f"{e.lineno}, column {e.colno})") from None
+  except UnicodeDecodeError:
+    raise _damaged(path, "it is not text") from None
+  if not isinstance(value, dict):
+    raise _damaged(path, f"it holds a JSON {type(value).__name__}, not the object mnist_jax "
+                         f"writes") from None
+  return value
+
+
+def read_lines(path: pathlib.Path) -> list[dict]:
+  """A .jsonl file's records. Only its last line may be cut short (what a kill leaves while it is
+  appended): it is dropped; damage before it is a RunError paragraph."""
+  if not path.exists():
+    return []
+  lines = path.read_bytes().decode(errors="replace").splitlines()
+  out = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      record = None
+    if not isinstance(record, dict):
+      if number == len(lines):
+        break  # a kill mid-append
+      raise _damaged(path, f"line {number} of {len(lines)} is not a JSON record")
+    out.append(record)
+  return out
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
@@ -175,6 +233,7 @@ def check(workdir: pathlib.Path, config, overwrite: bool) -> None:
         f"{workdir} holds a run with a different config (see {workdir / CONFIG}). Use a new "
         f"--workdir, or pass --overwrite to delete that run and start again.")
   if is_finished(workdir):
+    read_summary(workdir)  # a damaged one: its own paragraph
     raise ConfigError(
         f"{workdir} holds a finished run (see {workdir / SUMMARY}). Use a new --workdir, or "
         f"pass --overwrite to delete it and train again.")
@@ -205,17 +264,14 @@ def read_history(workdir: pathlib.Path, up_to_epoch: int) -> tuple[list[dict], l
   """The records of epochs 1..up_to_epoch in metrics.jsonl, which is rewritten to hold only them,
   and the epochs of that range it has no record of.
 
-  Later epochs are trained again after a resume, so their records go, as does a line cut short
-  by a kill.
+  Later epochs are trained again after a resume, so their records go, as does a last line cut
+  short by a kill; a damaged line before it stops the run (`read_lines`) before anything is
+  rewritten.
   """
   path = workdir / METRICS
   records = {}
-  for line in path.read_text().splitlines() if path.exists() else ():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if isinstance(record, dict) and 1 <= record.get("epoch", 0) <= up_to_epoch:
+  for record in read_lines(path):
+    if 1 <= record.get("epoch", 0) <= up_to_epoch:
       records[record["epoch"]] = record
   history = [records[epoch] for epoch in sorted(records)]
   write_atomic(path, "".join(json.dumps(r) + "\n" for r in history))
@@ -245,15 +301,12 @@ def write_summary(workdir: pathlib.Path, summary: dict) -> None:
 def read_summary(workdir: pathlib.Path) -> dict:
   """summary.json; {} for a run that has not finished."""
   path = pathlib.Path(workdir) / SUMMARY
-  return json.loads(path.read_text()) if path.exists() else {}
+  return read_json(path) if path.exists() else {}
 
 
 def read_metrics(workdir: pathlib.Path, name: str = METRICS) -> list[dict]:
   """metrics.jsonl: one record per epoch (or `name`'s records, e.g. ENVIRONMENT's)."""
-  path = pathlib.Path(workdir) / name
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return read_lines(pathlib.Path(workdir) / name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,8 +319,7 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise RunError(f"{workdir} is not the workdir of a run (it has no {CONFIG}). Train one "
                    f"with `python -m mnist_jax.main --config=NAME --workdir={workdir}`.")
-  return ml_collections.ConfigDict(_merge(config_lib.default_config().to_dict(),
-                                          json.loads(path.read_text())))
+  return ml_collections.ConfigDict(_merge(config_lib.default_config().to_dict(), read_json(path)))
 
 
 def _merge(defaults: dict, saved: dict) -> dict:

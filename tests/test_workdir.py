@@ -1,9 +1,10 @@
 """The run directory as a format: its files, the never-overwrite rules, reading a run back."""
 import json
+import shutil
 
 import pytest
 
-from conftest import TINY_FLAGS, run_cli, run_main
+from conftest import TINY_FLAGS, assert_clear_error, run_cli, run_main, run_program
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 
@@ -122,3 +123,84 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
   with workdir_lib.lock(tmp_path):  # the kernel released it with the process
     with workdir_lib.lock(tmp_path):  # and it is re-entrant within a process
       pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files of a run, through every program that reads them
+
+
+def _files(directory):
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+          if p.is_file()}
+
+
+def _damage(path, how):
+  if how == "missing":
+    path.unlink()
+  elif how == "truncated":
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  else:
+    path.write_bytes(b"\x00\xffnot json at all\n")
+
+
+PROGRAMS = {  # program -> its arguments for the run in WORKDIR
+    "main": ("--config=adam_mlp_784", *TINY_FLAGS, "--noreport", "--workdir=WORKDIR"),
+    "report": ("--workdir=WORKDIR",),
+    "predict": ("--workdir=WORKDIR", "--index=0"),
+    "aggregate": ("WORKDIR",),
+    "verify": ("WORKDIR",),
+}
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("name,how", [("config.json", "truncated"), ("config.json", "garbage"),
+                                      ("summary.json", "truncated"), ("summary.json", "garbage"),
+                                      ("metrics.jsonl", "garbage before its last line")])
+def test_a_damaged_run_file_gives_one_paragraph_naming_it_and_deletes_nothing(
+    trained_run, tmp_path, program, name, how):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_run, workdir)
+  if name == "metrics.jsonl":
+    if program == "main":
+      (workdir / "summary.json").unlink()  # main reads the records of a run it resumes
+    lines = (workdir / name).read_text().splitlines()
+    (workdir / name).write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+  else:
+    _damage(workdir / name, how)
+  before = _files(workdir)
+  args = [a.replace("WORKDIR", str(workdir)) for a in PROGRAMS[program]]
+  result = run_program(program, *args)
+  assert_clear_error(result, 1, f"{workdir / name} is damaged: ", "Nothing was changed or deleted")
+  assert _files(workdir) == before
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_a_missing_run_file_is_what_it_means_never_a_traceback(trained_run, tmp_path, program):
+  """Without config.json a directory is no run (main starts one there); without summary.json a
+  run has not finished (main finishes it)."""
+  for name in ("config.json", "summary.json"):
+    workdir = tmp_path / name
+    shutil.copytree(trained_run, workdir)
+    (workdir / name).unlink()
+    args = [a.replace("WORKDIR", str(workdir)) for a in PROGRAMS[program]]
+    result = run_program(program, *args)
+    assert "Traceback" not in result.stderr, result.stderr
+    if program == "main":
+      assert result.returncode == 0, result.stderr
+      assert (workdir / "summary.json").exists()
+    elif name == "config.json":
+      assert_clear_error(result, 1, "is not the workdir of a run (it has no config.json)")
+    elif program in ("aggregate", "verify"):
+      assert_clear_error(result, 1, "has not finished")
+    else:  # the report and predict read an unfinished run's last checkpoint
+      assert result.returncode == 0, result.stderr
+
+
+def test_a_line_cut_short_at_the_end_of_metrics_is_tolerated_everywhere(trained_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_run, workdir)
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"epoch": 3, "train_lo')  # a kill while the record was appended
+  assert len(workdir_lib.read_metrics(workdir)) == 2
+  assert run_program("report", f"--workdir={workdir}").returncode == 0
+  assert run_program("aggregate", str(workdir)).returncode == 0
