@@ -190,9 +190,13 @@ def _train_and_report(config, workdir: pathlib.Path) -> None:
   from mnist_jax import loop, report  # pylint: disable=import-outside-toplevel
   from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   write_report = _REPORT.value and jax.process_index() == 0
+  preloading = None
   if write_report:
-    # Overlaps the report's imports with training, which runs in XLA without the GIL.
-    threading.Thread(target=report.preload, daemon=True).start()
+    # Overlaps the report's imports (about a second, on 2 CPU cores) with training, which runs in
+    # XLA without the GIL. The report waits for them: two threads importing matplotlib at once
+    # can hand one of them a half-initialised module.
+    preloading = threading.Thread(target=report.preload, daemon=True)
+    preloading.start()
   if (_REPORT.value and not _OVERWRITE.value
       and workdir_lib.finished_without_report(workdir, config)):
     log.info("%s holds this config's finished run, but not its complete report (stopped while "
@@ -200,6 +204,7 @@ def _train_and_report(config, workdir: pathlib.Path) -> None:
   else:
     loop.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
   if write_report:
+    preloading.join()
     try:
       log.info("Report: %s", report.build(workdir))
     except OSError as e:

@@ -72,6 +72,20 @@ def trained(config):
   return trainer, state
 
 
+def _compared(config, path) -> bool:
+  """A parameter the replica and single-run comparison holds to a tolerance: not a bias that
+  BatchNorm cancels (its gradient is rounding noise, which Adam amplifies)."""
+  return path == "predictions" or not (path[-1] == "bias" and (
+      (config.model.hidden_batchnorm and path[0].startswith("dense_"))
+      or (config.model.logits_batchnorm and path[0] == "logits")))
+
+
+def _distance(a, b, config) -> float:
+  """The largest difference between two flattened parameter trees (and their predictions), on
+  what both have."""
+  return max(float(np.max(np.abs(a[p] - b[p]))) for p in set(a) & set(b) if _compared(config, p))
+
+
 def assert_replica_is_single_run(field, experiment, values):
   config = small(experiment)
   group, name = field.split(".")
@@ -79,6 +93,7 @@ def assert_replica_is_single_run(field, experiment, values):
   validation.validate(config)
   trainer, states = trained(config)
   evaluations = trainer.evaluate(states, trainer.val)
+  replicas_params, singles = [], []
   for k, setting in enumerate(trainer.functions.settings):
     point = {f: v for f, v in setting.items() if f != "seed"}
     single_config = sweeps.point_config(config, point)
@@ -90,20 +105,27 @@ def assert_replica_is_single_run(field, experiment, values):
     atol = 5e-3 if config.train.vat_epsilon else 5e-4
     mine = flax.traverse_util.flatten_dict(replica.params)
     theirs = flax.traverse_util.flatten_dict(single.params)
+    # What tells the points apart may be what the parameters compute with alone (the weights'
+    # average of train.ema_decay): the predictions count too.
+    images = single_trainer.val.images
+    replicas_params.append({**mine, "predictions": train.predict_probabilities(replica, images)})
+    singles.append({**theirs, "predictions": train.predict_probabilities(single, images)})
     assert set(theirs) <= set(mine), set(theirs) - set(mine)  # a 0 may switch a part off
     for path, value in theirs.items():
-      if path[-1] == "bias" and (
-          (config.model.hidden_batchnorm and path[0].startswith("dense_"))
-          or (config.model.logits_batchnorm and path[0] == "logits")):
-        continue  # BatchNorm cancels it: its gradient is rounding noise, which Adam amplifies
-      np.testing.assert_allclose(mine[path], value, rtol=1e-2, atol=atol,
-                                 err_msg=f"{field}={point[field]}: {path}")
+      if _compared(config, path):
+        np.testing.assert_allclose(mine[path], value, rtol=1e-2, atol=atol,
+                                   err_msg=f"{field}={point[field]}: {path}")
     # The functions (BatchNorm statistics and the weights' average included) agree too.
-    images = single_trainer.val.images
-    np.testing.assert_allclose(train.predict_probabilities(replica, images),
-                               train.predict_probabilities(single, images), atol=5e-3)
+    np.testing.assert_allclose(replicas_params[-1]["predictions"], singles[-1]["predictions"],
+                               atol=5e-3)
     single_evaluation = single_trainer.evaluate(single, single_trainer.val)
     assert int(evaluations["correct"][k]) == pytest.approx(int(single_evaluation["correct"]), abs=2)
+  # Each replica is its own point's run, not another's: a sweep that ignored the swept value
+  # would train every replica alike, and the tolerances above could not tell.
+  for k, mine in enumerate(replicas_params):
+    own = _distance(mine, singles[k], config)
+    others = [_distance(mine, single, config) for j, single in enumerate(singles) if j != k]
+    assert own < min(others) / 10, (field, values, k, own, others)
 
 
 @pytest.mark.parametrize("field", FAST_FIELDS)
