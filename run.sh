@@ -3,6 +3,7 @@
 #   ./run.sh                  train adam_mlp (tutorial T0)
 #   ./run.sh test [ARGS]      the fast test tier, a few minutes (ARGS go to pytest)
 #   ./run.sh test --all       every test: the fast tier, then the slow one (what CI runs)
+#   ./run.sh mutants [MODULE...]  mutation testing of the reliability core (docs/testing.md); not in CI
 #   ./run.sh bench [ARGS]     install requirements-bench.txt (Keras, TensorFlow, PyTorch) into .venv
 #                             and run python -m experiments.benchmarks.benchmark ARGS (docs/benchmark.md)
 #   ./run.sh ARGS             python -m mnist_jax.main ARGS, e.g. ./run.sh --config=rmsprop_mlp
@@ -35,6 +36,9 @@ if [ "${1:-}" = "test" ]; then
     set -- --numprocesses=auto --maxprocesses=4 "$@"  # the fast tier on the machine's cores
   fi
   exec .venv/bin/python -m pytest tests "$@"
+elif [ "${1:-}" = "mutants" ]; then
+  shift
+  exec .venv/bin/python tests/mutation.py "$@"
 elif [ "${1:-}" = "bench" ]; then
   shift
   # requirements-bench.txt includes requirements-tf.txt and requirements.txt: reinstall when any changed.

@@ -18,7 +18,7 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # one integer seeds init, shuffling and dropout
   # Random bit generator of those keys (train.RNG_IMPLS): threefry (jax's default: the same bits on
-  # every platform, and a vmapped replica equals the single run of its seed), or rbg / unsafe_rbg
+  # every platform, and a vmapped replica draws the keys of the single run of its seed), or rbg / unsafe_rbg
   # (XLA's RngBitGenerator: cheaper dropout masks; bits may differ across platforms and JAX
   # versions, and vmapped replicas all draw from the first replica's key).
   config.rng_impl = "threefry"

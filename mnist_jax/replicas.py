@@ -23,8 +23,8 @@ def replica_settings(config) -> list[dict]:
   """One {"seed", "group.field": value, ...} per replica: the product of the swept fields' values
   (the last varying fastest), each with config.num_seeds seeds.
 
-  Replica k of a point uses seed config.seed + k, so it equals the single run with that seed and
-  those values.
+  Replica k of a point uses seed config.seed + k: it starts from the single run's parameters and
+  draws its keys and batches, and then drifts from it by the rounding of the batched products.
   """
   swept = hyperparams.swept(config)
   return [{"seed": config.seed + k, **dict(zip(swept, point))}

@@ -224,15 +224,14 @@ def test_a_save_killed_before_its_checksums_is_never_trusted(tiny_config, tmp_pa
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(x, y)
 
-  tiny_config.train.keep_checkpoints = 1
+  # The first checksummed save itself, killed before its manifest (checksums.json names it).
+  tiny_config.train.epochs = 1
   first = tmp_path / "first"
   loop.train_and_evaluate(tiny_config, first)
   (first / "summary.json").unlink()
-  (first / "checkpoints" / "3" / "sha256.json").unlink()
+  (first / "checkpoints" / "1" / "sha256.json").unlink()
   with resumes_from(first, 0):
-    again, _ = loop.train_and_evaluate(tiny_config, first)
-  for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(straight), strict=True):
-    np.testing.assert_array_equal(x, y)
+    loop.train_and_evaluate(tiny_config, first)
 
 
 def test_checkpoints_saved_before_checksums_restore_with_a_note(tiny_config, tmp_path, caplog):
