@@ -93,3 +93,38 @@ def test_orbax_still_reports_a_shape_mismatch_in_the_words_we_match(tmp_path, mo
       checkpointer.restore(template)
   finally:
     checkpointer.close()
+
+
+def test_wait_returns_only_once_the_checksums_are_written(tmp_path, monkeypatch):
+  """The manifest is written in a background thread; wait() (and everything that reads) joins
+  it, however slow the hashing."""
+  import time  # pylint: disable=import-outside-toplevel
+  digests = checkpoints._digests  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoints, "_digests", lambda d: time.sleep(0.5) or digests(d))
+  state = train.create_train_state(jax.random.key(0), config_lib.load("adam_mlp"))
+  checkpointer = checkpoints.Checkpointer(tmp_path, keep=2)
+  try:
+    checkpointer.save(1, state)
+    checkpointer.wait()
+    assert (tmp_path / "1" / checkpoints.MANIFEST).is_file()
+    assert checkpointer.check(1) is None
+  finally:
+    checkpointer.close()
+
+
+def test_a_failed_background_write_is_one_oserror_and_closing_does_not_raise_it_again(
+    tmp_path, monkeypatch):
+  import errno  # pylint: disable=import-outside-toplevel
+  state = train.create_train_state(jax.random.key(0), config_lib.load("adam_mlp"))
+  checkpointer = checkpoints.Checkpointer(tmp_path, keep=2)
+  checkpointer.save(1, state)
+  checkpointer.wait()
+
+  def full(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Failed writing: No space left on device")
+
+  monkeypatch.setattr(checkpointer._manager, "wait_until_finished", full)  # pylint: disable=protected-access
+  with pytest.raises(OSError) as error:
+    checkpointer.wait()
+  assert error.value.errno == errno.ENOSPC and str(tmp_path) in str(error.value)
+  checkpointer.close()  # the failure is reported once, by the wait above

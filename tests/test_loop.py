@@ -66,7 +66,9 @@ def _start(workdir):
 
 
 def _wait_for_first_checkpoint(process, workdir, timeout=120):
-  first = workdir / "checkpoints" / "1"
+  """Until the first checkpoint is complete: committed by orbax and its checksums written (a kill
+  between the two leaves an unfinished save, and the run starts over)."""
+  first = workdir / "checkpoints" / "1" / "sha256.json"
   deadline = time.monotonic() + timeout
   while not first.exists():
     assert process.poll() is None, f"ended before its first checkpoint: {process.communicate()}"
@@ -376,6 +378,7 @@ def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactl
   config.train.monitor, config.train.early_stopping_patience = "val_adversarial_accuracy", 5
   config.train.epochs, config.optimizer.momentum_ramp_epochs = 3, 2.0
   config.train.batch_size = 50  # 30 steps: enough to learn something
+  config.train.checkpoint_every = 1  # the config saves every 10 epochs
   straight, _ = loop.train_and_evaluate(config, tmp_path)
   history = records(tmp_path)
   assert len(history) == 3
@@ -563,6 +566,7 @@ def test_ladder_amlp_with_recomputed_statistics_resumes_exactly(tmp_path):
   config.data.source, config.data.train_subset = "idx", 512
   config.model.hidden_sizes, config.model.denoising_weights = (32, 16), (1000.0, 1.0, 0.01, 0.01)
   config.train.epochs, config.train.batch_size, config.optimizer.decay_epochs = 3, 64, 1
+  config.train.checkpoint_every = 1  # the config saves every 10 epochs
   straight, _ = loop.train_and_evaluate(config, tmp_path)
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert set(straight.params["combinator_0"]) == {"hidden_kernel", "hidden_bias", "output_kernel",

@@ -89,7 +89,8 @@ def check_bit_identity_and_resume(tmp, extra) -> dict:
        "--config.data.source=idx", "--noreport", *flags], cwd=REPO_ROOT, env=quiet_env(),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 300
-  while not (killed / "checkpoints" / "1").exists() and process.poll() is None:
+  # The first checkpoint complete: committed by orbax and its checksums written.
+  while not (killed / "checkpoints" / "1" / "sha256.json").exists() and process.poll() is None:
     if time.monotonic() > deadline:
       break
     time.sleep(0.005)
