@@ -108,8 +108,12 @@ def _mutations(function: ast.AST):
       yield node, node.operand
     elif isinstance(node, ast.Constant) and type(node.value) in (bool, int, float):
       value = node.value
-      yield node, ast.Constant((not value) if isinstance(value, bool) else
-                               value + 1 if isinstance(value, int) else (value * 2 or 1.0))
+      new = ast.Constant((not value) if isinstance(value, bool) else
+                         value + 1 if isinstance(value, int) else (value * 2 or 1.0))
+      if isinstance(parents[-1], ast.keyword):  # named, so that the mutant's name tells which
+        yield parents[-1], ast.keyword(parents[-1].arg, new)
+      else:
+        yield node, new
     elif isinstance(node, (ast.If, ast.While)) and not isinstance(node.test, (ast.Compare,
                                                                              ast.UnaryOp)):
       yield node, type(node)(ast.UnaryOp(ast.Not(), node.test), node.body, node.orelse)
