@@ -21,7 +21,7 @@ import math
 import pathlib
 from typing import Sequence
 
-from mnist_jax import aggregate, cli, hyperparams, paths, report, results
+from mnist_jax import aggregate, cli, data, hyperparams, paths, report, results
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ResultError
@@ -77,7 +77,7 @@ def compare(yours: aggregate.Aggregate, committed: results.Committed) -> Verdict
     if same is not None:
       twin = ("; the committed seed's metrics exactly" if same.metrics == seed.metrics else
               f"; the committed seed {seed.seed}: {100 * (1 - same.metrics['accuracy']):.2f}%")
-    lines.append(f"  seed {seed.seed}: {data_split(split)} error {error:.2f}%, "
+    lines.append(f"  seed {seed.seed}: {data.SPLIT_NAMES[split]} error {error:.2f}%, "
                  f"{'inside' if inside else 'OUTSIDE'} {low:.3f}-{high:.3f}%{twin}")
   mine = yours.error()
   k = mine.n
@@ -98,23 +98,18 @@ def compare(yours: aggregate.Aggregate, committed: results.Committed) -> Verdict
   return Verdict(agrees, lines)
 
 
-def data_split(split: str) -> str:
-  return "test" if split == "test" else "validation"
-
-
-def differences(workdirs: Sequence[pathlib.Path], committed: results.Committed) -> list[str]:
-  """What differs between your runs and the committed ones that might move a result."""
+def differences(yours: aggregate.Aggregate, config, committed: results.Committed) -> list[str]:
+  """What differs between your runs (`config`'s) and the committed ones that might move a result."""
   lines = []
-  config = workdir_lib.load_config(workdirs[0])
   flat, theirs = (config_lib.flatten(c.to_dict()) for c in (config, committed.config))
   for field in results.RUN_FIELDS:
     if flat.get(field) != theirs.get(field):
       lines.append(f"config.{field}: {flat.get(field)!r} yours, {theirs.get(field)!r} committed")
-  yours_env = _environments(aggregate.aggregate(workdirs).seeds)
+  yours_env = _environments(yours.seeds)
   theirs_env = _environments(committed.result.seeds)
   if not theirs_env:
-    lines.append(f"environment: the committed seeds have no {workdir_lib.ENVIRONMENT} "
-                 f"({'; '.join(sorted({s.typed_where for s in committed.result.seeds})) or 'not recorded'})")
+    typed = "; ".join(sorted({s.typed_where for s in committed.result.seeds})) or "not recorded"
+    lines.append(f"environment: the committed seeds have no {workdir_lib.ENVIRONMENT} ({typed})")
   elif not yours_env:
     lines.append(f"environment: your runs have no {workdir_lib.ENVIRONMENT} (trained before "
                  f"mnist_jax recorded it)")
@@ -131,7 +126,7 @@ def differences(workdirs: Sequence[pathlib.Path], committed: results.Committed) 
       if mine != committed_values:
         lines.append(f"{what}: {'; '.join(mine)} yours, {'; '.join(committed_values)} committed")
   vmapped = lambda seeds: "vmapped" if any(s.num_seeds > 1 for s in seeds) else "one run a seed"
-  mine, theirs_how = vmapped(aggregate.aggregate(workdirs).seeds), vmapped(committed.result.seeds)
+  mine, theirs_how = vmapped(yours.seeds), vmapped(committed.result.seeds)
   if mine != theirs_how:
     lines.append(f"runs: {mine} yours, {theirs_how} committed (a vmapped replica and the single "
                  f"run of its seed start equal and then drift apart through rounding: two samples "
@@ -162,12 +157,13 @@ def main(args: list[str]) -> int:
           f"{workdir_lib.SUMMARY}), so it has no result to compare yet. Run its command again to "
           f"finish it, then verify: {report.reproduce_command(config, workdir)}")
   yours = aggregate.aggregate(workdirs)  # one experiment's seeds, each once
-  committed = find_committed(workdir_lib.load_config(workdirs[0]))
+  config = workdir_lib.load_config(workdirs[0])
+  committed = find_committed(config)
   verdict = compare(yours, committed)
   print(f"Your runs: {', '.join(paths.relative(w) for w in workdirs)}, "
         f"{aggregate.headline(yours)}.")
   print("\n".join(verdict.lines))
-  seen = differences(workdirs, committed)
+  seen = differences(yours, config, committed)
   print("\nDifferences between your runs and the committed ones:" if seen else
         "\nNo difference seen between your runs and the committed ones (config, environment).")
   for line in seen:
