@@ -337,7 +337,9 @@ def readme_table() -> str:
       ours = f"[{pub.get('status', 'no committed result').split(':')[0]}]({link})"
     else:
       c = load(name)
-      ours = f"[{_ours(c, pub, bold=False)}]({link})" + (" (no run files)" if c.typed_seeds else "")
+      outcome = comparison(c, pub).split(":")[0].replace(" it", " their figure")
+      ours = (f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "")
+              + (" (no run files)" if c.typed_seeds else ""))
     rows.append([f"`{name}`", pub["reproduces"], pub["model"], _figure_text(pub), ours])
   return report.markdown_table(header, rows)
 
