@@ -4,7 +4,8 @@ Two runs of one config and seed are bit-identical only on the same platform with
 versions (docs/reliability.md); when two results disagree, these records are the first thing to
 compare (`python -m mnist_jax.verify` prints their differences). The training loop appends one
 line to <workdir>/environment.jsonl each time a process starts or resumes the run, so a run
-resumed on another machine names both.
+resumed on another machine names both. JAX is imported only by `describe`: the benchmark's
+workers for other systems read the CPU through this module without it.
 """
 
 import datetime
@@ -15,8 +16,6 @@ import pathlib
 import platform
 import subprocess
 
-import jax
-
 from mnist_jax import paths
 
 # The packages whose versions can change a run's numbers, by their distribution names.
@@ -25,6 +24,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 def describe(data_source: str, from_epoch: int) -> dict:
   """This process's environment, as recorded in environment.jsonl."""
+  import jax  # pylint: disable=import-outside-toplevel
   device = jax.devices()[0]
   return {
       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -33,8 +33,7 @@ def describe(data_source: str, from_epoch: int) -> dict:
       "versions": {"python": platform.python_version(), **_versions()},
       "device": {"platform": device.platform, "kind": device.device_kind,
                  "count": jax.device_count(), "processes": jax.process_count()},
-      "cpu": {"model": cpu_model(), "cores": len(os.sched_getaffinity(0))
-              if hasattr(os, "sched_getaffinity") else os.cpu_count()},
+      "cpu": {"model": cpu_model(), "cores": cpu_cores()},
       "data_source": data_source,
   }
 
@@ -59,6 +58,11 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def cpu_cores() -> int:
+  """The cores this process may run on (its affinity, where the OS has one)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @functools.cache

@@ -303,11 +303,8 @@ def _ours(c: Committed, pub: dict, bold: bool = True) -> str:
 
 
 def _figure_text(pub: dict) -> str:
-  if "figure_text" in pub and "figure" in pub:
-    return f"test {pub['metric']} {pub['figure_text']}"
-  if "figure" in pub:
-    return f"test {pub['metric']} {pub['figure']}"
-  return f"test {pub['metric']} {pub['figure_text']}"
+  """How the source states its figure, else the figure."""
+  return f"test {pub['metric']} {pub.get('figure_text', pub.get('figure'))}"
 
 
 def summary_table() -> str:

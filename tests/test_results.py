@@ -195,7 +195,8 @@ def test_every_pointer_to_a_readme_or_docs_section_resolves():
   broken, found = [], 0
   for path in sources:
     text = path.read_text()
-    assert "../shared" not in text, f"{path.relative_to(REPO)} points outside the repository"
+    assert not re.search(r"\.\./shared\b", text), (
+        f"{path.relative_to(REPO)} points outside the repository")
     for file, section in (hit for pattern in pointers for hit in pattern.findall(text)):
       file = file if file.endswith(".md") else file + ".md"
       target = next((c for c in (REPO / file, REPO / "docs" / file, REPO / "experiments" / file)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from mnist_jax import environment
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARKER = "BENCHMARK_JSON "
 
@@ -74,20 +76,10 @@ def version(*distributions: str) -> str:
   return "not installed"
 
 
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {
-      "cpu": cpu_model(), "cores": cores, "os": platform.platform(), "python": platform.python_version(),
+      "cpu": environment.cpu_model(), "cores": environment.cpu_cores(),
+      "os": platform.platform(), "python": platform.python_version(),
       "versions": {"jax": version("jax"), "jaxlib": version("jaxlib"), "flax": version("flax"),
                    "optax": version("optax"), "keras": version("keras"),
                    "tensorflow": version("tensorflow-cpu", "tensorflow"), "torch": version("torch"),
