@@ -209,18 +209,19 @@ class Checkpointer:
                      for epoch, problem in sorted(self.damaged.items()))
 
   def close(self) -> None:
-    """Wait for the last save, then release orbax's threads; after a failed write, just release."""
-    if not self._failed:
-      self.wait()
-      with self._writing():
-        self._manager.close()
-      return
-    if self._hashing is not None:
-      self._hashing.join()
+    """Wait for the last save, then release orbax's threads. A write failure is raised once: by
+    the call that met it (save, wait, epochs, restore) or else here."""
     try:
-      self._manager.close()
-    except Exception:  # pylint: disable=broad-except  # the failure already reported
-      pass
+      if not self._failed:
+        self.wait()
+    finally:
+      failed_before = self._failed
+      try:
+        with self._writing():
+          self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not failed_before:
+          raise  # a failure already raised is not raised again
 
 
 def _digests(directory: pathlib.Path) -> dict[str, str]:

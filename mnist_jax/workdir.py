@@ -7,6 +7,7 @@
     <workdir>/checkpoints/       orbax checkpoints of the whole TrainState, the last few epochs
     <workdir>/checkpoints_best/  with validation: the best epoch by config.train.monitor
     <workdir>/tensorboard/       per-epoch scalars (mnist_jax.tensorboard), while it trains
+    <workdir>/profile/           a jax.profiler trace of one epoch (main's --profile_epoch)
     <workdir>/summary.json       test metrics (validation's with data.use_test=False); written last:
                                  its presence marks a finished run
     <workdir>/report.md, ...     the report (REPORT_FILES; mnist_jax.report writes them)
@@ -41,12 +42,13 @@ CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 ENVIRONMENT = "environment.jsonl"
 CHECKPOINTS, BEST_CHECKPOINTS = "checkpoints", "checkpoints_best"
 TENSORBOARD = "tensorboard"  # scalars per epoch, written while the run trains
+PROFILE = "profile"  # main's --profile_epoch trace
 REPORT = "report.md"  # written last by mnist_jax.report: its presence marks a complete report
 REPORT_FILES = (REPORT, "figures", "classification_report.txt",
                 "classification_report.json", "confusion_matrix.csv", "misclassified.json")
 # What a run and its report write (and what --overwrite deletes).
 RUN_FILES = (CHECKPOINTS, BEST_CHECKPOINTS, METRICS, ENVIRONMENT, SUMMARY, CONFIG,
-             TENSORBOARD) + REPORT_FILES
+             TENSORBOARD, PROFILE) + REPORT_FILES
 # What a run's result is made of, and what experiments/results/ keeps of it (never checkpoints).
 RESULT_FILES = (CONFIG, SUMMARY, METRICS, ENVIRONMENT)
 
@@ -127,7 +129,9 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def _same_config(workdir: pathlib.Path, config) -> bool:
-  return read_json(workdir / CONFIG) == json.loads(config_json(config))
+  """Whether the run in `workdir` is of `config`. Fields added to mnist_jax since the run started
+  take their defaults (`load_config`), which keep what the run did: an older run still resumes."""
+  return json.loads(config_json(load_config(workdir))) == json.loads(config_json(config))
 
 
 # What to do about each damaged file of a run; the run's other files are left as they are.

@@ -10,6 +10,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import pytest
@@ -74,6 +76,17 @@ def tiny_config():
   config.train.epochs = 2
   config.train.batch_size = 64
   return config
+
+
+def threads_left(before: set) -> list[str]:
+  """The threads started since `before` (a `threading.enumerate()` set) that are still alive 5 s
+  on: what a closed checkpointer failed to release. (A closing thread may take a moment.)"""
+  deadline = time.monotonic() + 5
+  while True:
+    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    if not left or time.monotonic() > deadline:
+      return left
+    time.sleep(0.05)
 
 
 # Flags that shrink any experiment to a seconds-long CLI run.
