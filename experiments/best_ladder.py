@@ -2,14 +2,22 @@
 the papers' 0.002. For comparison, the best published result under the same rules
 (permutation-invariant MNIST, all 60,000 labels, dense layers, no augmentation): Pezeshki, Fan,
 Brakel, Courville, Bengio 2016, "Deconstructing the Ladder Network Architecture" (ICML;
-arXiv:1511.06430), the Ladder with their AMLP combinator, 0.57% test error (abstract).
+arXiv:1511.06430), Table 2, row AMLP[2,2], 0.569% (+- 0.010) test error (read second-hand, see
+`ladder_amlp_2_2`; the abstract's 0.57%).
 
 The rest is `ladder_amlp`'s: Rasmus et al.'s full Ladder (1000-500-250-250-250, noise std 0.3,
-denoising weights 1000, 1, 0.01, ...), each combinator a per-unit MLP of (z~, u, z~ u), batch 100,
-150 epochs with the rate constant for 100 and then linearly to 0, BatchNorm statistics recomputed
-over the training set after training. The rate was the one change of seven tried on `ladder_amlp`
-that lowered both validation error and loss (seed 0 on the first 50,000 training images, validated
-on the last 10,000, the test set kept out).
+denoising weights 1000, 1, 0.01, ...), each combinator a per-unit MLP of (z~, u, z~ u) with 4
+hidden units (AMLP[4], not the 2-2 of the row compared with), batch 100, 150 epochs with the rate
+constant for 100 and then linearly to 0, BatchNorm statistics recomputed over the training set
+after training.
+
+How the rate was chosen, as it happened: it was the last of seven changes tried one at a time on
+`ladder_amlp` on validation (seed 0, trained on the first 50,000 training images, validated on the
+last 10,000), and it was tried after `ladder_amlp`'s five test seeds had been seen. The reference
+moved during the search (seed 0 gave 0.62% on one machine, 0.68% on another, and the changes were
+judged against the second). It won by 7 validation images of 10,000, on one seed, where one seed
+resolves about 0.1 point. So the test figure is not that of a choice made blind; RESULTS.md
+(best_ladder) has every seed, and the platforms on which it holds.
 
     # one seed at a time (K = 0, 1, 2, 3, 4), then their table:
     python -m mnist_jax.main --config=best_ladder --config.num_seeds=1 --config.seed=K \

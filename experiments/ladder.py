@@ -1,7 +1,8 @@
 """Rasmus, Valpola, Honkala, Berglund, Raiko 2015, "Semi-Supervised Learning with Ladder Networks"
-(NeurIPS): the full Ladder network of Table 1 (permutation-invariant MNIST, all 60,000 labels),
-0.57% (+- 0.02) test error; Pezeshki et al. 2016 (ICML, "Deconstructing the Ladder Network
-Architecture") reach 0.57% too, with another combinator.
+(NeurIPS), Table 1, the full Ladder's row (permutation-invariant MNIST, all 60,000 labels): 0.57%
+(+- 0.02) test error; Pezeshki et al. 2016 (ICML, "Deconstructing the Ladder Network
+Architecture") reach 0.57% too, with another combinator (their Table 2, row AMLP[2,2]:
+`ladder_amlp_2_2`).
 
 ladder_baseline's encoder (noise std 0.3 in every layer here) plus the denoising decoder: lateral
 connections, the "vanilla" combinator (a1..a10 per unit; "gauss" in the authors' code), and a

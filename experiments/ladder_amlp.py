@@ -1,12 +1,15 @@
 """Pezeshki, Fan, Brakel, Courville, Bengio 2016, "Deconstructing the Ladder Network Architecture"
-(ICML; arXiv:1511.06430): the full Ladder network with their "AMLP" combinator, permutation-invariant
-MNIST with all 60,000 labels, 0.57% test error (abstract).
+(ICML; arXiv:1511.06430), Table 2, row AMLP[4], permutation-invariant MNIST with all 60,000 labels:
+0.598% (+- 0.014) test error, read second-hand (see `ladder_amlp_2_2`). The abstract's 0.57% is
+the AMLP[2,2] row's 0.569%.
 
 `ladder_authors` (the full Ladder as Rasmus et al.'s code runs and measures it: denoising weights
 1000, 1, 0.01, ...; Adam 0.002, batch 100, 150 epochs, the last 50 decayed linearly to 0; BatchNorm
 statistics recomputed over the training set after training) with each decoder layer's combinator
 a per-unit MLP of (z~, u, z~ u): 4 leaky-ReLU hidden units, one output
-(`mnist_jax.ladder.AugmentedMLPCombinator`, whose docstring says where its shape was read).
+(`mnist_jax.ladder.AugmentedMLPCombinator`, whose docstring says where its shape was read). The
+combinator is the row's; the denoising weights are Rasmus et al.'s, not the 2000 on the input and
+0 elsewhere that `ladder_amlp_2_2` takes from a secondary source for the AMLP[2,2] row.
 
     # one seed at a time (K = 0, 1, 2, 3, 4), then their table:
     python -m mnist_jax.main --config=ladder_amlp --config.num_seeds=1 --config.seed=K \

@@ -1,6 +1,6 @@
 """Rasmus, Valpola, Honkala, Berglund, Raiko 2015, "Semi-Supervised Learning with Ladder Networks"
-(NeurIPS), Table 1, Ladder (full), all 60,000 labels: 0.57% (+- 0.02) test error, as the authors'
-code (github.com/CuriousAI/ladder) measures it.
+(NeurIPS), Table 1, the full Ladder's row, all 60,000 labels: 0.57% (+- 0.02) test error, as the
+authors' code (github.com/CuriousAI/ladder) measures it.
 
 `ladder` with BatchNorm's test-time statistics recomputed after training: a noise-free pass over
 the 60,000 training images with the final parameters, each batch's mean and unbiased variance

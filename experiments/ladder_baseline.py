@@ -1,6 +1,6 @@
 """Rasmus, Valpola, Honkala, Berglund, Raiko 2015, "Semi-Supervised Learning with Ladder Networks"
-(NeurIPS): the supervised baseline of Table 1 (permutation-invariant MNIST, all 60,000 labels),
-"MLP + BatchNorm + Gaussian noise": 0.80% (+- 0.03) test error.
+(NeurIPS), Table 1, the supervised baseline's row, "MLP + BatchNorm + Gaussian noise"
+(permutation-invariant MNIST, all 60,000 labels): 0.80% (+- 0.03) test error.
 
 The encoder of the Ladder network alone (`ladder.LadderMLP` with every denoising weight 0):
 784-1000-500-250-250-250-10 ReLU, each layer standardised with its batch statistics, Gaussian noise

@@ -76,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   # "vanilla": Rasmus et al.'s g (ladder.VanillaCombinator); "amlp": Pezeshki et al.'s per-unit
   # MLP of (z~, u, z~ u) (ladder.AugmentedMLPCombinator). ladder.COMBINATORS lists them.
   config.model.combinator = "vanilla"
+  # combinator="amlp" only: the widths of each unit's hidden layers, (4,) for Pezeshki et al.'s
+  # AMLP[4], (2, 2) for AMLP[2,2].
+  config.model.combinator_hidden = (4,)
   config.model.num_classes = 10
 
   config.optimizer = ml_collections.ConfigDict()

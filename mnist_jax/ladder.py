@@ -129,32 +129,47 @@ class VanillaCombinator(nn.Module):
 class AugmentedMLPCombinator(nn.Module):
   """The "AMLP" combinator of Pezeshki, Fan, Brakel, Courville and Bengio (2016), "Deconstructing
   the Ladder Network Architecture" (ICML; arXiv:1511.06430): per unit, a small MLP whose input is
-  augmented with the multiplicative term, z^ = w2 . leaky_relu(W1 (z~, u, z~ u) + b1) + b2.
+  augmented with the multiplicative term, (z~, u, z~ u) -> hidden_layers -> z^, leaky ReLU on the
+  hidden layers and a linear output. Their Table 2's rows AMLP[4] and AMLP[2,2] (as secondary
+  sources name them) are hidden_layers=(4,) and (2, 2).
 
   Its shape, read in github.com/sakishinoda/tf-ssl (ss_ladder, an implementation citing the paper:
   `Combinator`, default `--combinator_layers 4-1`, `--combinator_sd 0.025`, `lrelu` slope 0.1):
-  4 hidden units with leaky ReLU of slope 0.1, one output, weights drawn from N(0, 0.025^2), biases
-  0. Each unit has its own MLP, as each has its own a1..a10 in the vanilla combinator (that code
-  shares one MLP across a layer's units); 21 parameters a unit.
+  leaky ReLU of slope 0.1, one output, weights drawn from N(0, 0.025^2), biases 0. Each unit has
+  its own MLP, as each has its own a1..a10 in the vanilla combinator (that code shares one MLP
+  across a layer's units); 21 parameters a unit for (4,), 17 for (2, 2).
+
+  Parameters: `hidden_kernel` (units, 3, h_1) and `hidden_bias` for the first hidden layer,
+  `hidden_kernel_<i>` and `hidden_bias_<i>` for the i-th after it (i = 1, 2, ...), `output_kernel`
+  (units, h_last) and `output_bias`: a one-layer combinator keeps the names it always had.
   """
-  hidden_units: int = 4
+  hidden_layers: Sequence[int] = (4,)
   negative_slope: float = 0.1
   init_std: float = 0.025
 
   @nn.compact
   def __call__(self, z_tilde, u):
-    width, init = z_tilde.shape[-1], nn.initializers.normal(self.init_std)
-    hidden_kernel = self.param("hidden_kernel", init, (width, 3, self.hidden_units))
-    hidden_bias = self.param("hidden_bias", nn.initializers.zeros, (width, self.hidden_units))
-    output_kernel = self.param("output_kernel", init, (width, self.hidden_units))
-    output_bias = self.param("output_bias", nn.initializers.zeros, (width,))
+    widths = tuple(int(w) for w in self.hidden_layers)
+    if not widths or min(widths) < 1:
+      raise ValueError(f"The AMLP combinator needs one or more hidden layers of positive width; "
+                       f"got hidden_layers={self.hidden_layers}.")
+    units, init = z_tilde.shape[-1], nn.initializers.normal(self.init_std)
     # Written out unit by unit, elementwise, so XLA fuses it into one loop (a batched einsum of
     # 3x4 matrices is several times slower on CPU).
-    inputs = (z_tilde, u, z_tilde * u)
+    layer = (z_tilde, u, z_tilde * u)
+    for i, width in enumerate(widths):
+      suffix = f"_{i}" if i else ""
+      kernel = self.param(f"hidden_kernel{suffix}", init, (units, len(layer), width))
+      bias = self.param(f"hidden_bias{suffix}", nn.initializers.zeros, (units, width))
+      layer = tuple(
+          nn.leaky_relu(bias[:, k] + sum(x * kernel[:, j, k] for j, x in enumerate(layer)),
+                        self.negative_slope)
+          for k in range(width))
+    output_kernel = self.param("output_kernel", init, (units, widths[-1]))
+    output_bias = self.param("output_bias", nn.initializers.zeros, (units,))
     z_hat = output_bias
-    for k in range(self.hidden_units):
-      hidden = hidden_bias[:, k] + sum(x * hidden_kernel[:, i, k] for i, x in enumerate(inputs))
-      z_hat = z_hat + output_kernel[:, k] * nn.leaky_relu(hidden, self.negative_slope)
+    for k, h in enumerate(layer):
+      z_hat = z_hat + output_kernel[:, k] * h
     return z_hat
 
 
@@ -204,6 +219,8 @@ class LadderMLP(nn.Module):
   # lambda_l, from the input z_0 to the logits z_L; the authors' run for all 60,000 labels.
   denoising_weights: Sequence[float] = (1000.0, 1.0, 0.01, 0.01, 0.01, 0.01, 0.01)
   combinator: str = "vanilla"  # COMBINATORS: Rasmus et al.'s g, or Pezeshki et al.'s AMLP
+  # The AMLP combinator's hidden layers: (4,) is their AMLP[4], (2, 2) AMLP[2,2].
+  combinator_hidden: Sequence[int] = (4,)
   batchnorm_momentum: float = 0.99
   batchnorm_epsilon: float = 1e-10  # the authors' value, everywhere they standardise
   always_decode: bool = False
@@ -282,6 +299,11 @@ class LadderMLP(nn.Module):
     self.sow("losses", "denoising", total)
     return logits
 
+  def _combinator(self, name: str) -> nn.Module:
+    if self.combinator == "amlp":
+      return AugmentedMLPCombinator(hidden_layers=tuple(self.combinator_hidden), name=name)
+    return COMBINATOR_MODULES[self.combinator](name=name)
+
   def _decode(self, lateral, top, clean, clean_stats, weights, lowest):
     """Denoising costs {layer: cost} from the top down to `lowest`.
 
@@ -303,8 +325,7 @@ class LadderMLP(nn.Module):
       else:
         u = nn.Dense(width, use_bias=False, kernel_init=KERNEL_INIT,
                      name=f"decoder_{layer}")(z_hat)
-      z_hat = COMBINATOR_MODULES[self.combinator](name=f"combinator_{layer}")(
-          lateral[layer], standardize(u))
+      z_hat = self._combinator(f"combinator_{layer}")(lateral[layer], standardize(u))
       if layer:
         mean, var = clean_stats[layer]
         reconstruction = (z_hat - mean) * jax.lax.rsqrt(var + self.batchnorm_epsilon)

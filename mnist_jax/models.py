@@ -153,9 +153,12 @@ def summary(params, batch_stats, model_config) -> str:
     stats = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(batch_stats.get(name, {})))
     trainable += count
     non_trainable += stats
-    width = jax.tree.leaves(params[name])[0].shape[-1]
+    # A combinator's width is its output's (an AMLP's first leaf is a hidden bias).
+    width = params[name].get("output_bias", jax.tree.leaves(params[name])[0]).shape[-1]
     kind = ("Dense" if "kernel" in params[name] else
-            "Combinator" if "a1" in params[name] else "BatchNorm")
+            "Combinator" if name.startswith("combinator_") else "BatchNorm")
+    if kind == "Combinator" and "output_bias" in params[name]:
+      kind += f" (AMLP {'-'.join(str(w) for w in (3, *model_config.combinator_hidden, 1))})"
     index = name.rpartition("_")[2]
     # The activation follows a hidden layer's BatchNorm when it has one, else its Dense.
     if name == f"{HIDDEN_BATCHNORM}_{index}" or (

@@ -110,6 +110,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"(all 0: the supervised half alone).")
     require(len(noise) in (1, num_layers) and all(n >= 0 for n in noise),
             f"config.model.noise_std={model.noise_std} needs one value >= 0, or {num_layers}.")
+    hidden, default_hidden = (tuple(model.combinator_hidden),
+                              tuple(default_config().model.combinator_hidden))
+    if model.combinator == "amlp":
+      require(hidden and all(isinstance(w, int) and w >= 1 for w in hidden),
+              f"config.model.combinator_hidden={hidden} needs one positive width per hidden "
+              f"layer of each unit's AMLP combinator: (4,) for AMLP[4], (2, 2) for AMLP[2,2].")
+    elif model.combinator in ladder.COMBINATORS:
+      require(hidden == default_hidden,
+              f"config.model.combinator_hidden={hidden} shapes the AMLP combinator, but "
+              f"config.model.combinator={model.combinator!r}, which would ignore it. Set "
+              f"config.model.combinator='amlp', or leave combinator_hidden at {default_hidden}.")
   require(model.activation != "maxout" or model.name == "mlp",
           f"config.model.activation='maxout' belongs to the mlp model (the {model.name!r} model "
           f"needs elementwise activations).")

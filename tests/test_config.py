@@ -118,6 +118,20 @@ def test_a_config_file_that_does_not_load_is_one_paragraph(tmp_path, source, mes
   assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("combinator,hidden,message", [
+    ("amlp", (), r"combinator_hidden=\(\) needs one positive width per hidden layer"),
+    ("amlp", (2, 0), r"combinator_hidden=\(2, 0\) needs one positive width per hidden layer"),
+    ("vanilla", (2, 2), r"combinator_hidden=\(2, 2\) shapes the AMLP combinator, but "
+                        r"config.model.combinator='vanilla'"),
+])
+def test_combinator_hidden_must_fit_the_combinator(combinator, hidden, message):
+  config = config_lib.load("ladder_amlp_2_2")
+  assert config.model.combinator_hidden == (2, 2)
+  config.model.combinator, config.model.combinator_hidden = combinator, hidden
+  with pytest.raises(config_lib.ConfigError, match=message):
+    validation.validate(config)
+
+
 def test_maxout_is_refused_for_the_ladder_model():
   config = config_lib.load("ladder_baseline")
   config.model.activation = "maxout"

@@ -240,6 +240,60 @@ def test_amlp_combinator_is_a_per_unit_mlp_of_z_u_and_their_product():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_amlp_combinator_with_two_hidden_layers_is_a_per_unit_3_2_2_1_mlp():
+  """hidden_layers=(2, 2), AMLP[2,2]: leaky ReLU on both hidden layers, a linear output; the first
+  hidden layer and the output keep the one-layer names, and the default is still (4,)."""
+  rng = np.random.default_rng(2)
+  batch, width = 6, 5
+  z_tilde, u = (jnp.asarray(rng.normal(size=(batch, width)), jnp.float32) for _ in range(2))
+  combinator = AugmentedMLPCombinator(hidden_layers=(2, 2))
+  params = combinator.init(jax.random.key(0), z_tilde, u)["params"]
+  assert {name: p.shape for name, p in params.items()} == {
+      "hidden_kernel": (width, 3, 2), "hidden_bias": (width, 2), "hidden_kernel_1": (width, 2, 2),
+      "hidden_bias_1": (width, 2), "output_kernel": (width, 2), "output_bias": (width,)}
+  assert not any(np.any(params[name]) for name in ("hidden_bias", "hidden_bias_1", "output_bias"))
+  params = {name: rng.normal(size=p.shape).astype(np.float32) for name, p in params.items()}
+  got = combinator.apply({"params": params}, z_tilde, u)
+  z, v = np.asarray(z_tilde), np.asarray(u)
+  want = np.zeros((batch, width), np.float32)
+  for unit in range(width):
+    hidden = np.stack([z[:, unit], v[:, unit], z[:, unit] * v[:, unit]], axis=-1)  # (batch, 3)
+    for suffix in ("", "_1"):
+      hidden = hidden @ params[f"hidden_kernel{suffix}"][unit] + params[f"hidden_bias{suffix}"][unit]
+      hidden = np.where(hidden > 0, hidden, 0.1 * hidden)
+    want[:, unit] = hidden @ params["output_kernel"][unit] + params["output_bias"][unit]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  default, four = (AugmentedMLPCombinator(**kwargs).init(jax.random.key(0), z_tilde, u)
+                   for kwargs in ({}, {"hidden_layers": (4,)}))
+  assert jax.tree.all(jax.tree.map(np.array_equal, default, four))
+  for hidden_layers in ((), (2, 0)):
+    with pytest.raises(ValueError, match="one or more hidden layers of positive width"):
+      AugmentedMLPCombinator(hidden_layers=hidden_layers).init(jax.random.key(0), z_tilde, u)
+
+
+def test_amlp_2_2_ladder_layout_and_forward_pass():
+  """combinator_hidden=(2, 2) reaches every combinator_<l>; with the input's cost alone the decoder
+  still runs from the top, and the sown cost is 2000 times the input's."""
+  model = LadderMLP(hidden_sizes=HIDDEN, denoising_weights=(2000.0, 0.0, 0.0), combinator="amlp",
+                    combinator_hidden=(2, 2))
+  shapes = _param_shapes(model)
+  assert sorted(k for k in shapes if k.startswith("combinator")) == [
+      f"combinator_{layer}" for layer in range(3)]
+  for name, width in (("combinator_0", 784), ("combinator_1", 16), ("combinator_2", 10)):
+    assert {k: p.shape for k, p in shapes[name].items()} == {
+        "hidden_kernel": (width, 3, 2), "hidden_bias": (width, 2),
+        "hidden_kernel_1": (width, 2, 2), "hidden_bias_1": (width, 2),
+        "output_kernel": (width, 2), "output_bias": (width,)}
+  variables = _jit(model.init, static_argnames="train")({"params": jax.random.key(0)},
+                                                       _images(1), train=False)
+  logits, updates = _train_apply(model, variables, _images(2), ALL_REAL)
+  costs = updates["intermediates"]
+  assert logits.shape == (BATCH, 10) and np.all(np.isfinite(logits))
+  assert sorted(costs) == [f"denoising_cost_{layer}" for layer in range(3)]
+  np.testing.assert_allclose(updates["losses"]["denoising"][0],
+                             2000.0 * costs["denoising_cost_0"][0], rtol=1e-6)
+
+
 def test_amlp_ladder_layout_and_learning():
   """combinator="amlp" swaps every combinator_<l> and nothing else; a step of Adam lowers the
   total loss and moves the combinators' parameters."""

@@ -99,3 +99,33 @@ def test_population_batch_stats_of_replicas_are_each_replica_s_own(subset):
     one = train.population_batch_stats(replicas.select(state, k), dd.images, 64)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(stats), strict=True):
       np.testing.assert_allclose(b[k], a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_ladder_replica_equals_the_single_run_of_its_seed():
+  """The Ladder draws noise in every layer from its keys: a vmapped replica still trains as the
+  single run of its seed does, to float rounding (so a difference between the two on whole runs
+  is the chaos of rounding, not a replica that draws another replica's noise or batches)."""
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load("best_ladder")
+  config.data.source, config.data.train_subset = "idx", 384
+  config.model.hidden_sizes, config.model.denoising_weights = (32, 16), (1000.0, 1.0, 0.01, 0.01)
+  split = data.load(config.data).train
+  dd = parallel.DeviceData.put(split, config.data.preprocess)
+
+  def trained(num_seeds, seed):
+    config.num_seeds, config.seed = num_seeds, seed
+    fns = replicas.init_run(config, split)
+    state = fns.state
+    for epoch in (1, 2):
+      state, _, _ = fns.train_epoch(state, dd.images, dd.labels, fns.keys_of_epoch(epoch),
+                                    config.train.batch_size)
+    return state.params
+
+  together = trained(num_seeds=3, seed=0)
+  for k in (0, 2):
+    for a, b in zip(jax.tree.leaves(trained(num_seeds=1, seed=k)), jax.tree.leaves(together),
+                    strict=True):
+      np.testing.assert_allclose(a, b[k], rtol=1e-4, atol=1e-4)
+  kernels = np.asarray(together["dense_0"]["kernel"])
+  assert not np.allclose(kernels[0], kernels[1], rtol=1e-2)  # and the seeds differ
