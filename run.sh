@@ -11,7 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 
-if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.installed; then
+# A .venv that this script did not make (no requirements.installed in it: one made by hand for a
+# GPU, or with requirements-jax011.txt, docs/accelerators.md) is used as it is, never reinstalled.
+if [ ! -x .venv/bin/python ] || { [ -f .venv/requirements.installed ] \
+    && ! cmp -s requirements.txt .venv/requirements.installed; }; then
   echo "Setting up .venv (first run, or requirements.txt changed) ..."
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
