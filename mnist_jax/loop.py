@@ -33,22 +33,24 @@ from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import CheckpointError, RunInterrupted, TrainingDiverged
 from mnist_jax.parallel import to_host
 from mnist_jax.train import summarize
-from mnist_jax.trainer import Trainer
+from mnist_jax.trainer import EpochProfile, Trainer
 
 log = logging.getLogger("mnist_jax")
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = False):
+def train_and_evaluate(config, workdir: str | pathlib.Path, overwrite: bool = False,
+                       profile: Optional[EpochProfile] = None):
   """Train `config` in `workdir`, resuming from its last checkpoint if it has one.
 
   Writes the files of `workdir.py`: config.json, metrics.jsonl, checkpoints/, checkpoints_best/
   (with validation) and, once finished, summary.json. Returns the final state (with early stopping
   and restore_best: the best epoch's) and the history (dict of per-epoch lists, like Keras's).
+  `profile` traces one epoch with jax.profiler (main's --profile_epoch).
   """
   workdir = pathlib.Path(workdir)
   with workdir_lib.lock(workdir), train.matmul_precision(config):
     workdir_lib.check(workdir, config, overwrite)
-    trainer = Trainer.create(config)  # data checked against the config before anything is written
+    trainer = Trainer.create(config, profile)  # data checked against the config before anything is written
     workdir_lib.prepare(workdir, config, overwrite)
     trainer.log_model()
     try:
@@ -169,7 +171,8 @@ def _train_epochs(config, workdir, trainer: Trainer, state, epoch: int, history:
   with _StopSignals() as signals:
     while epoch < epochs and not early_stopping.patience_exhausted(best, patience):
       epoch += 1
-      state, record = _train_one_epoch(config, trainer, state, epoch, checkpointer)
+      with trainer.profiling(epoch):
+        state, record = _train_one_epoch(config, trainer, state, epoch, checkpointer)
       history.append(record)
       workdir_lib.append_record(workdir, record)
       seconds.append(record["seconds"])
@@ -270,26 +273,23 @@ class _StopSignals:
 DIVERGED_LOSS_FACTOR = 10.0
 
 
-def _all_finite(tree) -> bool:
-  return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(to_host(tree)))
-
-
 def _raise_if_diverged(state, first_bad, loss, epoch: int, steps_per_epoch: int,
                        num_classes: int, checkpointer: checkpoints.Checkpointer) -> None:
   """Stop at a non-finite loss or parameters (the epoch's last update overflowed), or an epoch
   loss above DIVERGED_LOSS_FACTOR * log(num_classes), before anything of this epoch is saved:
-  the checkpoints keep the last good epoch.
+  the checkpoints keep the last good epoch. `first_bad` is `train.train_epoch`'s: the first
+  step whose loss is not finite, `steps_per_epoch` for parameters that are not, or -1.
 
   With replicas, `first_bad` and `loss` have one entry per replica, and any replica stops all.
   """
   first_bad, loss = to_host(first_bad).reshape(-1), np.ravel(loss)
   which = lambda replica: f" in replica {replica}" if loss.size > 1 else ""
   limit = DIVERGED_LOSS_FACTOR * math.log(num_classes)
-  if np.any(first_bad >= 0):
-    replica = int(np.argmin(np.where(first_bad >= 0, first_bad, np.iinfo(np.int32).max)))
+  replica = int(np.argmin(np.where(first_bad >= 0, first_bad, np.iinfo(np.int32).max)))
+  if 0 <= first_bad[replica] < steps_per_epoch:
     what = f"the training loss became {loss[replica]}{which(replica)}"
     where = f", step {int(first_bad[replica]) + 1} of {steps_per_epoch}"
-  elif not _all_finite(state.params):
+  elif first_bad[replica] == steps_per_epoch:  # every loss finite, the last update's parameters not
     what, where = "the parameters became NaN or infinite", f", step {steps_per_epoch} of {steps_per_epoch}"
   elif np.any(loss > limit):
     replica = int(np.argmax(loss))

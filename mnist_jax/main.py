@@ -39,6 +39,11 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the run already in --
 _REPORT = flags.DEFINE_bool("report", True, "When training finishes, write the run's report "
                             "(figures, report.md, TensorBoard scalars) into the workdir; "
                             "`python -m mnist_jax.report` (re)builds it at any time.")
+_PROFILE_EPOCH = flags.DEFINE_integer(
+    "profile_epoch", None, "Write a jax.profiler trace of this epoch (from 1: the first "
+    "includes compilation) into <workdir>/profile/, for ui.perfetto.dev or TensorBoard's profile "
+    "plugin: docs/benchmark.md (Profiling one epoch). Not part of the config: the run trains as "
+    "without it.")
 
 log = logging.getLogger("mnist_jax")
 
@@ -58,6 +63,7 @@ def parse(argv: Sequence[str]) -> list[str]:
       raise errors.ConfigError("--config is required, e.g. --config=adam_mlp. Available: "
                                + ", ".join(config_lib.available()) + ".")
     validation.validate(config)
+    _check_profile_epoch(config)
   except errors.ConfigError:
     raise
   except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
@@ -72,6 +78,15 @@ def parse(argv: Sequence[str]) -> list[str]:
   finally:
     sys.argv = saved
   return rest
+
+
+def _check_profile_epoch(config) -> None:
+  epoch, epochs = _PROFILE_EPOCH.value, config.train.epochs
+  if epoch is not None and not 1 <= epoch <= epochs:
+    raise errors.ConfigError(
+        f"--profile_epoch={epoch} is not an epoch of this run, which trains epochs 1 to {epochs} "
+        f"(config.train.epochs). Give one of them, e.g. --profile_epoch={min(2, epochs)} (epoch "
+        f"1 includes compilation), or leave the flag out.")
 
 
 def _refuse_unsweepable(argv: list[str]) -> None:
@@ -187,7 +202,7 @@ def _train_and_report(config, workdir: pathlib.Path) -> None:
   was cut short (killed while writing it) gets only the report."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from mnist_jax import loop, report  # pylint: disable=import-outside-toplevel
+  from mnist_jax import loop, report, trainer  # pylint: disable=import-outside-toplevel
   from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   write_report = _REPORT.value and jax.process_index() == 0
   preloading = None
@@ -202,7 +217,9 @@ def _train_and_report(config, workdir: pathlib.Path) -> None:
     log.info("%s holds this config's finished run, but not its complete report (stopped while "
              "writing it?): writing the report.", workdir)
   else:
-    loop.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+    profile = (None if _PROFILE_EPOCH.value is None else
+               trainer.EpochProfile(_PROFILE_EPOCH.value, workdir / workdir_lib.PROFILE))
+    loop.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value, profile=profile)
   if write_report:
     preloading.join()
     try:

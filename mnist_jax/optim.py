@@ -195,7 +195,9 @@ def _injected(opt_state) -> dict:
 def learning_rate(opt_state) -> jax.Array:
   """The learning rate of the most recent step (a swept schedule's value times its peak)."""
   found = _injected(opt_state)
-  return found["learning_rate"] * found.get("peak_learning_rate", 1.0)
+  if "peak_learning_rate" not in found:  # no multiplication: an eager op every epoch otherwise
+    return found["learning_rate"]
+  return found["learning_rate"] * found["peak_learning_rate"]
 
 
 def sweepable_fields(opt_config, fields, epochs: int = 1) -> set:

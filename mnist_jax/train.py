@@ -242,7 +242,9 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: ja
   Every example is used exactly once, the last partial batch included (padded and masked, so
   there is one compiled shape). With a `mesh`, each batch is sharded over its "data" axis.
   Returns the new state, the epoch's metric sums, and the index of the first step whose loss
-  was not finite (-1 if none). `hyperparams`: a sweep's point, as for `train_step`.
+  was not finite; if every loss was, the number of steps when the last update left a parameter
+  that is not, else -1 (checked here, so the loop never copies the parameters to the host for it).
+  `hyperparams`: a sweep's point, as for `train_step`.
   """
   perm_key, dropout_key = jax.random.split(key)
   indices, mask = _batched_indices(jax.random.permutation(perm_key, images.shape[0]), batch_size)
@@ -255,7 +257,8 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, key: ja
   state, per_step = jax.lax.scan(step, state, (jnp.arange(indices.shape[0]), indices, mask))
   sums = jax.tree.map(jnp.sum, per_step)
   bad = ~jnp.isfinite(per_step["loss"])
-  first_bad = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+  params_finite = jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)]))
+  first_bad = jnp.where(jnp.any(bad), jnp.argmax(bad), jnp.where(params_finite, -1, bad.shape[0]))
   return state, sums, first_bad
 
 

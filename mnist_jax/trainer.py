@@ -5,11 +5,13 @@ and the compiled functions come from `replicas.init_run` (one model, or a vmappe
 The training loop and the benchmarks both train through `Trainer.train_epoch`.
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-from typing import Optional
+import pathlib
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,11 @@ from mnist_jax import data, hyperparams, models, parallel, replicas, train
 from mnist_jax.errors import ConfigError
 
 log = logging.getLogger("mnist_jax")
+
+class EpochProfile(NamedTuple):
+  """A jax.profiler trace of epoch `epoch` (from 1), written under `directory`."""
+  epoch: int
+  directory: pathlib.Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +38,10 @@ class Trainer:
   test: Optional[parallel.DeviceData]  # None with config.data.use_test=False
   functions: replicas.RunFunctions
   state: object  # functions.state, placed on the mesh
+  profile: Optional[EpochProfile] = None
 
   @classmethod
-  def create(cls, config) -> "Trainer":
+  def create(cls, config, profile: Optional[EpochProfile] = None) -> "Trainer":
     """Load the splits, place them on the mesh, build the run's state and functions."""
     splits = _load_splits(config)
     _check_fits_in_memory(config, math.prod(splits.train.images.shape[1:]))
@@ -46,7 +54,7 @@ class Trainer:
                          parallel.DeviceData.put(split, config.data.preprocess, mesh))
     functions = replicas.init_run(config, splits.train)
     return cls(config, splits, mesh, put(splits.train), put(splits.val), put(splits.test),
-               functions, parallel.put_replicated(functions.state, mesh))
+               functions, parallel.put_replicated(functions.state, mesh), profile)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -58,6 +66,20 @@ class Trainer:
     return fns.train_epoch(state, self.train.images, self.train.labels, fns.keys_of_epoch(epoch),
                            self.config.train.batch_size,
                            train.Objective.from_config(self.config.train), self.mesh)
+
+  @contextlib.contextmanager
+  def profiling(self, epoch: int):
+    """Around all of epoch `epoch`'s work, up to its fetched results: a jax.profiler trace if it
+    is the profiled epoch. Also perfetto_trace.json.gz, which ui.perfetto.dev opens as it is."""
+    if self.profile is None or epoch != self.profile.epoch:
+      yield
+      return
+    log.info("Profiling epoch %d: a jax.profiler trace into %s", epoch, self.profile.directory)
+    jax.profiler.start_trace(self.profile.directory, create_perfetto_trace=True)
+    try:
+      yield
+    finally:
+      jax.profiler.stop_trace()
 
   def evaluate(self, state, split: parallel.DeviceData) -> dict:
     """Metric sums over a whole split (with a leading replica axis for replicas)."""

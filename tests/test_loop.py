@@ -31,6 +31,7 @@ from conftest import (
 from mnist_jax import config as config_lib
 from mnist_jax import early_stopping, loop
 from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import TrainingDiverged
 
 # 8000 training and 2000 validation examples, input dropout (so dropout keys must resume too),
 # early stopping armed: about 0.2 s an epoch on a CPU, long enough for a kill to land mid-run.
@@ -54,6 +55,37 @@ def test_train_and_evaluate_in_process(tiny_config, tmp_path):
   assert summary["epochs"] == 2 and 0.5 < summary["test_accuracy"] <= 1
   assert [r["epoch"] for r in records(tmp_path)] == [1, 2]
   assert restore(tmp_path)[1] == 2 and restore(tmp_path, "checkpoints_best")[1] >= 1
+
+
+def test_a_resume_discards_newer_checkpoints_names_missing_records_and_keeps_one_best(
+    tiny_config, tmp_path, caplog):
+  """Resuming from a checkpoint older than the newest (here: the newest damaged) deletes every
+  newer one, the best epoch's too: after a resume on another platform, whose later epochs differ
+  in their last bits, a stale newer 'best' must not outrank the new run's. An epoch without its
+  record in metrics.jsonl is named. checkpoints_best holds one epoch."""
+  from mnist_jax import checkpoints, trainer  # pylint: disable=import-outside-toplevel
+  tiny_config.data.validation, tiny_config.train.epochs = "train_tail", 3
+  loop.train_and_evaluate(tiny_config, tmp_path)
+  assert len([p for p in (tmp_path / "checkpoints_best").iterdir() if p.name.isdigit()]) == 1
+  state = trainer.Trainer.create(tiny_config).state
+  best = checkpoints.Checkpointer(tmp_path / "checkpoints_best", keep=1)
+  best.save(3, state)  # as if epoch 3 had been the best
+  best.close()
+  newest = max((p for p in (tmp_path / "checkpoints" / "3").rglob("*") if p.is_file()
+                and p.name != checkpoints.MANIFEST), key=lambda p: p.stat().st_size)
+  newest.write_bytes(b"\0" + newest.read_bytes()[1:])  # epoch 3 damaged: resume from 2
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  (tmp_path / "metrics.jsonl").write_text("\n".join(lines[1:]) + "\n")  # epoch 1's record lost
+  regular = checkpoints.Checkpointer(tmp_path / "checkpoints", tiny_config.train.keep_checkpoints)
+  best = checkpoints.Checkpointer(tmp_path / "checkpoints_best", keep=1)
+  try:
+    _, epoch, history = loop._resume(tmp_path, state, regular, best)  # pylint: disable=protected-access
+    assert epoch == 2 and [r["epoch"] for r in history] == [2]
+    assert max(regular.epochs()) == 2 and best.epochs() == []
+  finally:
+    regular.close()
+    best.close()
+  assert "has no record of epochs [1]" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,6 +430,21 @@ def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactl
     resumed, _ = loop.train_and_evaluate(config, tmp_path)
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_parameters_left_infinite_by_the_last_update_stop_the_run_before_they_are_saved(
+    tiny_config, tmp_path):
+  """A 1-step epoch's loss is that of the parameters before its update, so it is finite; the
+  update at an infinite learning rate is not. Caught in the compiled epoch, named by its step."""
+  tiny_config.data.train_subset = tiny_config.train.batch_size
+  tiny_config.optimizer.name, tiny_config.optimizer.learning_rate = "sgd", float("inf")
+  with pytest.raises(TrainingDiverged) as raised:
+    loop.train_and_evaluate(tiny_config, tmp_path)
+  assert ("Training diverged: the parameters became NaN or infinite at epoch 1, step 1 of 1 "
+          "(learning rate inf)") in str(raised.value)
+  assert "No checkpoint had been saved yet." in str(raised.value)
+  assert not (tmp_path / "metrics.jsonl").read_text()
+  assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
 
 
 def test_exploding_but_finite_loss_stops_the_run(tmp_path):

@@ -102,6 +102,25 @@ def test_cli_config_file_with_a_syntax_error(tmp_path):
   assert_clear_error(result, 2, f"Config file {path} does not parse", "at line 3")
 
 
+def test_profile_epoch_traces_that_epoch_into_the_workdir_and_not_into_the_config(tmp_path):
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS, "--noreport",
+                    "--profile_epoch=2")
+  assert f"Profiling epoch 2: a jax.profiler trace into {tmp_path / 'profile'}" in result.stdout
+  runs = list((tmp_path / "profile" / "plugins" / "profile").iterdir())  # one per trace
+  assert len(runs) == 1
+  assert list(runs[0].glob("*.xplane.pb")) and (runs[0] / "perfetto_trace.json.gz").exists()
+  assert "profile" not in (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_a_profile_epoch_the_run_does_not_train_is_refused_clearly(tmp_path, epoch):
+  result = run_main("--config=adam_mlp", f"--workdir={tmp_path}", *TINY_FLAGS,
+                    f"--profile_epoch={epoch}", check=False)
+  assert_clear_error(result, 2, f"--profile_epoch={epoch} is not an epoch of this run",
+                     "epochs 1 to 2 (config.train.epochs)")
+  assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------
 # Killed while writing the report
 

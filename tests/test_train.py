@@ -43,6 +43,47 @@ def test_loss_decreases_on_a_subset(tiny_config):
   assert after["accuracy"] > 0.85
 
 
+def test_the_first_bad_step_is_the_step_count_when_only_the_last_update_is_not_finite(tiny_config):
+  """At an infinite learning rate every update is infinite. In a 1-step epoch the only loss is
+  the initial parameters', finite: the epoch returns 1, its step count. With 2 steps the second
+  loss is NaN: the epoch returns its index, 1."""
+  tiny_config.optimizer.name, tiny_config.optimizer.learning_rate = "sgd", float("inf")
+  dd = device_data(tiny_config)
+  for steps in (1, 2):
+    state = train.create_train_state(jax.random.key(0), tiny_config)
+    state, sums, first_bad = train.train_epoch(state, dd.images[:64 * steps],
+                                               dd.labels[:64 * steps], jax.random.key(1), 64)
+    assert int(first_bad) == 1
+    assert np.isfinite(float(sums["loss"])) == (steps == 1)
+
+
+@pytest.mark.parametrize("real", [5, 1])
+def test_one_sgd_step_follows_the_mean_loss_of_the_real_examples_and_sums_their_metrics(
+    tiny_config, real):
+  """A padded batch (mask 0 on its last examples) steps by the gradient of the mean cross-entropy
+  over its real examples alone, as Keras does on a short last batch; its metric sums count them."""
+  import optax  # pylint: disable=import-outside-toplevel
+  tiny_config.optimizer.name, tiny_config.optimizer.learning_rate = "sgd", 0.5
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  mask = jnp.array([1.0] * real + [0.0] * (8 - real))
+  batch = {"image": dd.images[:8], "label": dd.labels[:8], "mask": mask}
+  new, sums = train.train_step(state, batch, jax.random.key(1))
+
+  def mean_loss(params):
+    logits = state.apply_fn({"params": params}, dd.images[:real], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, dd.labels[:real]).mean()
+
+  loss, grads = jax.value_and_grad(mean_loss)(state.params)
+  expected = jax.tree.map(lambda p, g: p - 0.5 * g, state.params, grads)
+  for got, want in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert int(sums["count"]) == real
+  np.testing.assert_allclose(float(sums["loss"]), real * float(loss), rtol=1e-5)
+  logits = state.apply_fn({"params": state.params}, dd.images[:real], train=False)
+  assert int(sums["correct"]) == int(jnp.sum(jnp.argmax(logits, -1) == dd.labels[:real]))
+
+
 def test_scanned_epoch_equals_python_loop_of_train_step(tiny_config):
   """The compiled epoch is exactly `train_step` applied batch by batch, tail batch included."""
   tiny_config.data.train_subset = 300  # 300 = 4 * 64 + 44: a partial tail batch
@@ -172,6 +213,87 @@ def test_adversarial_objectives_join_the_loss(tiny_config):
     new, _ = train.train_step(state, batch, jax.random.key(1), objective)
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(plain.params)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=str(objective))
+
+
+@pytest.mark.parametrize("objective", [
+    train.Objective(adversarial_epsilon=0.1, adversarial_alpha=0.3),
+    train.Objective(vat_epsilon=2.0, vat_xi=1e-2, vat_weight=0.7),
+], ids=["adversarial", "vat"])
+def test_one_sgd_step_follows_the_objective_s_whole_loss(tiny_config, objective):
+  """alpha J(x) + (1 - alpha) J(x_adv) for adversarial training, J(x) + weight KL(p(x) || p(x +
+  r_vadv)) for VAT (r_vadv drawn with the step's key folded with 1), each term as
+  mnist_jax.adversarial computes it: the step is exactly that loss's gradient."""
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from mnist_jax import adversarial  # pylint: disable=import-outside-toplevel
+  tiny_config.optimizer.name, tiny_config.optimizer.learning_rate = "sgd", 0.5
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  images, labels, rng = dd.images[:16], dd.labels[:16], jax.random.key(1)
+  new, _ = train.train_step(state, {"image": images, "label": labels}, rng, objective)
+
+  def loss(params):
+    logits_of = lambda x: state.apply_fn({"params": params}, x, train=True)
+    mean_loss = lambda x: optax.softmax_cross_entropy_with_integer_labels(
+        logits_of(x), labels).mean()
+    if objective.adversarial_epsilon:
+      alpha = objective.adversarial_alpha
+      return alpha * mean_loss(images) + (1 - alpha) * adversarial.adversarial_training_loss(
+          mean_loss, images, epsilon=objective.adversarial_epsilon)
+    return mean_loss(images) + objective.vat_weight * adversarial.virtual_adversarial_loss(
+        logits_of, images, logits_of(images), jax.random.fold_in(rng, 1),
+        epsilon=objective.vat_epsilon, xi=objective.vat_xi)
+
+  expected = jax.tree.map(lambda p, g: p - 0.5 * g, state.params, jax.grad(loss)(state.params))
+  for got, want in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_one_sgd_step_adds_the_cost_the_model_sows(tiny_config):
+  """A Ladder network sows its denoising cost into "losses": the step descends cross-entropy plus
+  that cost."""
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load("ladder")
+  config.data.source, config.data.train_subset = "idx", 64
+  config.model.hidden_sizes, config.model.denoising_weights = (32,), (1000.0, 1.0, 0.01)
+  config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.05
+  config.optimizer.schedule = "constant"
+  dd = device_data(config)
+  state = train.create_train_state(jax.random.key(0), config)
+  images, labels, rng = dd.images[:16], dd.labels[:16], jax.random.key(1)
+  new, _ = train.train_step(state, {"image": images, "label": labels}, rng)
+
+  def loss(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+        mask=jnp.ones(16), rngs={"dropout": rng}, mutable=["batch_stats", "losses"])
+    denoising = sum(jax.tree.leaves(updates["losses"]))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() + denoising
+
+  expected = jax.tree.map(lambda p, g: p - 0.05 * g, state.params, jax.grad(loss)(state.params))
+  for got, want in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_summarize_divides_by_the_count_and_an_empty_split_is_zero():
+  one = train.summarize({"loss": np.float32(3.0), "correct": np.int32(1), "count": np.float32(1)})
+  assert one == {"loss": 3.0, "accuracy": 1.0}
+  none = train.summarize({"loss": np.float32(0.0), "correct": np.int32(0), "count": np.float32(0)})
+  assert none == {"loss": 0.0, "accuracy": 0.0}  # no division by zero
+  replicas = train.summarize({"loss": np.array([4.0, 6.0]), "correct": np.array([1, 2]),
+                              "count": np.array([2.0, 4.0]), "adversarial_correct": np.array([0, 1])})
+  assert replicas == {"loss": [2.0, 1.5], "accuracy": [0.5, 0.5],
+                      "adversarial_accuracy": [0.0, 0.25]}
+
+
+def test_evaluation_measures_robustness_only_when_asked(tiny_config):
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  batch = {"image": dd.images[:16], "label": dd.labels[:16]}
+  assert sorted(train.eval_step(state, batch)) == ["correct", "count", "loss"]
+  assert "adversarial_correct" in train.eval_step(state, batch, adversarial_epsilon=0.1)
 
 
 @pytest.mark.slow
