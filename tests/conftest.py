@@ -89,6 +89,23 @@ def threads_left(before: set) -> list[str]:
     time.sleep(0.05)
 
 
+def tensorboard_scalars(directory: pathlib.Path) -> dict:
+  """{tag: [(step, value)]} from TensorBoard event files, read without TensorFlow."""
+  import struct  # pylint: disable=import-outside-toplevel
+
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  scalars = {}
+  for path in directory.glob("events.out.tfevents.*"):
+    raw, pos = path.read_bytes(), 0
+    while pos < len(raw):  # TFRecord: length, its CRC, the Event, its CRC
+      (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
 # Flags that shrink any experiment to a seconds-long CLI run.
 TINY_FLAGS = ("--config.data.source=idx", "--config.data.train_subset=600",
               "--config.train.epochs=2", "--config.train.batch_size=128")

@@ -9,17 +9,20 @@ equivalent (with the reason) leave the count.
 Why not mutmut or cosmic-ray: mutmut 3 skips decorated functions (every `jax.jit`) and forks from a
 process that holds JAX's threads; cosmic-ray restarts Python for every mutant, and a fresh JAX
 costs seconds. Here one worker process imports JAX once, finds which tests run each target
-function (a profiler over the fast tier's tests of that module), then for each mutant swaps the
-function's code object in place (`__code__`, also under a `jax.jit`), clears JAX's in-memory caches
-so the change is traced, runs only those tests in-process (`pytest.main`, stopping at the first
-failure), and restores the code. The parent restarts the worker when a mutant hangs.
+function and how long each takes (a profiler over the fast tier's tests of that module), then for
+each mutant swaps the function's code object and defaults in place (also under a `jax.jit`), clears
+JAX's in-memory caches when JAX traces that function (so that the change is traced again), runs
+only those tests in-process, fastest first (`pytest.main`, stopping at the first failure), and
+restores the code. The parent restarts the worker when a mutant hangs.
 
-Not mutated: strings (messages), log calls, and the contents of f-strings.
+Not mutated: strings (messages), log calls, the contents of f-strings, and EXCLUDED functions and
+their calls.
 """
 
 import ast
 import copy
 import dataclasses
+import hashlib
 import importlib
 import inspect
 import json
@@ -39,10 +42,12 @@ TARGETS = {
                        ["tests/test_loop.py", "tests/test_main.py"]),
     "mnist_jax.train": (["train_step", "_batch_metrics", "_mask", "summarize", "steps_per_epoch",
                          "_batched_indices", "train_epoch", "eval_step", "evaluate"],
-                        ["tests/test_train.py", "tests/test_loop.py"]),
+                        ["tests/test_train.py", "tests/test_loop.py", "tests/test_sweeps.py"]),
     "mnist_jax.replicas": (None, ["tests/test_replicas.py", "tests/test_sweeps.py"]),
 }
-EXCLUDED = {"_silence_orbax_failure_reports"}  # what it silences is cosmetic: reports at exit
+# Neither mutated nor their calls removed: what it silences is cosmetic (orbax's reports at exit),
+# installed once per process, so the worker's baseline has installed it before any mutant runs.
+EXCLUDED = {"_silence_orbax_failure_reports"}
 LOG_CALLS = {"debug", "info", "warning", "error", "exception"}
 EQUIVALENT_DOC = REPO / "docs" / "testing.md"
 
@@ -54,10 +59,14 @@ class Mutant:
   index: int  # among the function's mutants, in source order
   line: int
   change: str  # "a < b -> a <= b": the node before and after
+  function_hash: str  # of the function's source: a result holds while the function is unchanged
 
-  @property
-  def key(self) -> str:
-    return f"{self.module}:{self.function}:{self.change}"
+
+
+def key(record: dict) -> str:
+  """A mutant's name in reports and in docs/testing.md: "module:function#index:change" (the
+  index tells apart the same change at two places of one function)."""
+  return f"{record['module']}:{record['function']}#{record['index']}:{record['change']}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,8 +87,11 @@ def _is_log_call(node) -> bool:
 
 
 def _skipped(node, parents) -> bool:
-  """Strings, f-strings and log calls are not mutated."""
+  """Strings, f-strings, log calls and calls of EXCLUDED functions are not mutated."""
   if isinstance(node, ast.Expr) and _is_log_call(node.value):
+    return True
+  if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+      and isinstance(node.value.func, ast.Name) and node.value.func.id in EXCLUDED):
     return True
   for parent in parents:
     if isinstance(parent, ast.JoinedStr):
@@ -151,16 +163,18 @@ def mutants(module_name: str) -> list[tuple[Mutant, ast.FunctionDef]]:
   wanted, _ = TARGETS[module_name]
   out = []
   for name, function in _functions(module_name, wanted):
+    function_hash = hashlib.sha256(ast.unparse(function).encode()).hexdigest()[:16]
     for index, (old, new) in enumerate(_mutations(function)):
       mutated = _replace(function, old, new)
       before = ast.unparse(old).splitlines()[0][:60]
       after = ast.unparse(new).splitlines()[0][:60]
-      out.append((Mutant(module_name, name, index, old.lineno, f"{before} -> {after}"), mutated))
+      out.append((Mutant(module_name, name, index, old.lineno, f"{before} -> {after}",
+                         function_hash), mutated))
   return out
 
 
 def equivalent() -> dict[str, str]:
-  """docs/testing.md's table of equivalent mutants: `| module:function:change | reason |`."""
+  """docs/testing.md's table of equivalent mutants: `| module:function#index:change | reason |`."""
   rows = re.findall(r"^\| `(mnist_jax\.[^`]+)` \| (.+?) \|$", EQUIVALENT_DOC.read_text(), re.M)
   return dict(rows)
 
@@ -178,16 +192,25 @@ def _target(module, qualname):
 
 
 class _Tracer:
-  """Which tests call which target functions (a profiler; JAX's caches cleared before each test,
-  so that a function traced by an earlier test is traced again)."""
+  """Which tests call which target functions, and how long each test takes (a profiler; JAX's
+  caches cleared before each test, so that a function traced by an earlier test is traced again).
+
+  `traced` holds the functions that JAX traces (called inside `jit`, `vmap`, `scan`, ...): only
+  their mutants need JAX's caches cleared, since compiled code holds what they computed. A mutant
+  of a function that runs in Python keeps the caches, which saves most tests their compilation."""
 
   def __init__(self, codes):
-    self.codes, self.current, self.calls = codes, None, {}
+    from jax._src import core  # pylint: disable=import-outside-toplevel
+    self.codes, self.current, self.calls, self.traced, self.seconds = codes, None, {}, set(), {}
+    self._top_level = core.trace_ctx.is_top_level
 
   def profile(self, frame, event, arg):
     del arg
     if event == "call" and frame.f_code in self.codes and self.current:
-      self.calls.setdefault(self.codes[frame.f_code], set()).add(self.current)
+      name = self.codes[frame.f_code]
+      self.calls.setdefault(name, set()).add(self.current)
+      if not self._top_level():
+        self.traced.add(name)
 
   def pytest_runtest_setup(self, item):
     import jax  # pylint: disable=import-outside-toplevel
@@ -198,6 +221,9 @@ class _Tracer:
     del item
     self.current = None
 
+  def pytest_runtest_logreport(self, report):
+    self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+
 
 def _pytest(args, plugins=()) -> int:
   import pytest  # pylint: disable=import-outside-toplevel
@@ -205,13 +231,22 @@ def _pytest(args, plugins=()) -> int:
                           "-W", "ignore", *args], plugins=list(plugins)))
 
 
-def worker(module_name: str, skip: int) -> None:
-  """Run the module's mutants from number `skip` on, printing one JSON line per mutant."""
+def _digest(todo) -> str:
+  """Of a module's list of mutants: a worker restarted after the module was edited would number
+  other mutants than its parent."""
+  return hashlib.sha256(json.dumps([dataclasses.asdict(m) for m, _ in todo]).encode()).hexdigest()
+
+
+def worker(module_name: str, numbers: list[int], digest: str) -> None:
+  """Run the module's mutants of these numbers, printing one JSON line per mutant."""
   import threading  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
   module = importlib.import_module(module_name)
   todo = mutants(module_name)
+  if _digest(todo) != digest:
+    print(json.dumps({"changed": True}), flush=True)
+    return
   names = sorted({m.function for m, _ in todo})
   codes = {_target(module, name).__code__: name for name in names}
   tracer = _Tracer(codes)
@@ -225,29 +260,36 @@ def worker(module_name: str, skip: int) -> None:
   print(json.dumps({"baseline": baseline, "seconds": time.monotonic() - started}), flush=True)
   if baseline != 0:
     return
-  for number, (mutant, tree) in enumerate(todo):
-    if number < skip:
-      continue
+  for number in numbers:
+    mutant, tree = todo[number]
     function = _target(module, mutant.function)
-    tests = sorted(tracer.calls.get(mutant.function, ()))
+    # The fastest tests first: a mutant most tests kill dies sooner.
+    tests = sorted(tracer.calls.get(mutant.function, ()), key=lambda t: tracer.seconds.get(t, 0))
+    traced = mutant.function in tracer.traced
     result = {"number": number, **dataclasses.asdict(mutant), "tests": len(tests)}
     namespace = dict(module.__dict__)
     code = ast.Module([_undecorated(tree)], [])
     exec(compile(code, inspect.getsourcefile(module), "exec"), namespace)  # pylint: disable=exec-used
-    new = namespace[tree.name].__code__
+    mutated = namespace[tree.name]
     if not tests:
       result["outcome"] = "not covered"
-    elif new.co_freevars != function.__code__.co_freevars:
+    elif mutated.__code__.co_freevars != function.__code__.co_freevars:
       result["outcome"] = "not applicable"
     else:
-      original, started = function.__code__, time.monotonic()
-      function.__code__ = new
-      jax.clear_caches()
+      # Default values live beside the code: a mutant of a default swaps them too.
+      parts = ("__code__", "__defaults__", "__kwdefaults__")
+      original, started = [getattr(function, a) for a in parts], time.monotonic()
+      for a in parts:
+        setattr(function, a, getattr(mutated, a))
+      if traced:
+        jax.clear_caches()
       try:
         code = _pytest(["-x", *tests])
       finally:
-        function.__code__ = original
-        jax.clear_caches()
+        for a, value in zip(parts, original):
+          setattr(function, a, value)
+        if traced:
+          jax.clear_caches()
       result["outcome"] = "survived" if code == 0 else "killed"
       result["seconds"] = time.monotonic() - started
     print(json.dumps(result), flush=True)
@@ -263,21 +305,25 @@ def _undecorated(function: ast.FunctionDef) -> ast.FunctionDef:
 # The command
 
 
-def run(module_name: str, timeout: float, results: list[dict]) -> None:
-  """All of a module's mutants, in a worker restarted after a mutant that hangs or crashes it
-  (which counts as killed: a timeout)."""
+def run(module_name: str, numbers: list[int], timeout: float, results: list[dict]) -> None:
+  """The module's mutants of these numbers, in a worker restarted after a mutant that hangs or
+  crashes it (which counts as killed: a timeout)."""
   import selectors  # pylint: disable=import-outside-toplevel
   todo = mutants(module_name)
-  skip = 0
-  while skip < len(todo):
-    process = subprocess.Popen([sys.executable, __file__, "--worker", module_name, str(skip)],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
+  left = list(numbers)
+  while left:
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--worker", module_name, ",".join(map(str, left)),
+         _digest(todo)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
-    wait = 3600.0  # the baseline: the module's tests under the profiler
+    # Until the next JSON record: the baseline (the module's tests under the profiler), then each
+    # mutant. Other lines (pytest's, a hanging mutant's training log) do not extend it.
+    deadline = time.monotonic() + 3600.0
     while True:
-      if not selector.select(wait):
+      remaining = deadline - time.monotonic()
+      if remaining <= 0 or not selector.select(remaining):
         process.kill()  # the mutant being tested hangs
         break
       line = process.stdout.readline()
@@ -286,52 +332,100 @@ def run(module_name: str, timeout: float, results: list[dict]) -> None:
       if not line.startswith("{"):
         continue
       record = json.loads(line)
-      wait = timeout
+      if "changed" in record:
+        raise SystemExit(f"{module_name} was edited during the run: run it again.")
       if "baseline" in record:
         if record["baseline"] != 0:
           raise SystemExit(f"{module_name}: the tests fail without any mutant; fix them first.")
         print(f"  baseline: {record['seconds']:.0f} s", flush=True)
+        # A mutant runs at most the baseline's tests: twice its time is a hang, even on cores
+        # that other work shares.
+        timeout = max(timeout, 2 * record["seconds"])
+        deadline = time.monotonic() + timeout
         continue
+      deadline = time.monotonic() + timeout
       results.append(record)
-      skip = record["number"] + 1
-      print(f"  {skip}/{len(todo)} {record['outcome']:>13}  {record['function']}: "
-            f"{record['change']}", flush=True)
+      left.remove(record["number"])
+      _print(record, len(todo))
     process.wait()
-    if skip < len(todo):
-      results.append({"number": skip, **dataclasses.asdict(todo[skip][0]), "outcome": "timeout"})
-      print(f"  {skip + 1}/{len(todo)}       timeout  {todo[skip][0].function}", flush=True)
-      skip += 1
+    if left:
+      number = left.pop(0)
+      results.append({"number": number, **dataclasses.asdict(todo[number][0]),
+                      "outcome": "timeout"})
+      _print(results[-1], len(todo))
+
+
+def _print(record: dict, total: int) -> None:
+  print(f"  {record['number'] + 1}/{total} {record['outcome']:>13}  {record['function']}: "
+        f"{record['change']}", flush=True)
+
+
+def _carried(module_name: str, out: pathlib.Path, equivalents: dict) -> dict[tuple, dict]:
+  """What --survivors takes from the module's last run, by (function, its hash, index, change):
+  the killed mutants, since tests only ever get added and a mutant of an unchanged function stays
+  killed, and those listed as equivalent. Timeouts are tested again: on cores shared with other
+  work, a slow survivor can pass for a hang."""
+  path = out / f"{module_name}.json"
+  if not path.exists():
+    return {}
+  return {(r["function"], r.get("function_hash"), r["index"], r["change"]): r
+          for r in json.loads(path.read_text())
+          if r["outcome"] == "killed" or key(r) in equivalents}
+
+
+def _count(module_name: str, results: list[dict], equivalents: dict, totals: dict,
+           lines: list[str]) -> None:
+  """The module's line of the report, its survivors listed; adds to `totals`."""
+  counted = [r for r in results if key(r) not in equivalents and r["outcome"] != "not applicable"]
+  killed = sum(r["outcome"] in ("killed", "timeout") for r in counted)
+  totals["killed"] += killed
+  totals["counted"] += len(counted)
+  lines.append(f"{module_name}: {killed} of {len(counted)} killed "
+               f"({100 * killed / max(1, len(counted)):.1f}%), "
+               f"{len(results) - len(counted)} equivalent or not applicable")
+  for r in counted:
+    if r["outcome"] in ("survived", "not covered", "timeout"):
+      outcome = "timeout (counted as killed)" if r["outcome"] == "timeout" else r["outcome"]
+      lines.append(f"  {outcome}: `{key(r)}` (line {r['line']})")
 
 
 def main(argv) -> int:
   if argv[:1] == ["--worker"]:
-    worker(argv[1], int(argv[2]))
+    worker(argv[1], [int(n) for n in argv[2].split(",")], argv[3])
     return 0
-  modules = [f"mnist_jax.{m}" for m in argv] or list(TARGETS)
+  survivors_only, report_only = "--survivors" in argv, "--report" in argv
+  modules = ([f"mnist_jax.{m}" for m in argv if m not in ("--survivors", "--report")]
+             or list(TARGETS))
   started, equivalents, lines = time.monotonic(), equivalent(), []
   out = REPO / "runs" / "mutants"
   out.mkdir(parents=True, exist_ok=True)
   totals = {"killed": 0, "counted": 0}
   for module_name in modules:
-    print(f"{module_name}: {len(mutants(module_name))} mutants")
-    results = []
-    run(module_name, timeout=300, results=results)
-    counted = [r for r in results if f"{r['module']}:{r['function']}:{r['change']}" not in equivalents
-               and r["outcome"] != "not applicable"]
-    killed = sum(r["outcome"] in ("killed", "timeout") for r in counted)
-    totals["killed"] += killed
-    totals["counted"] += len(counted)
-    lines.append(f"{module_name}: {killed} of {len(counted)} killed "
-                 f"({100 * killed / max(1, len(counted)):.1f}%), "
-                 f"{len(results) - len(counted)} equivalent or not applicable")
-    for r in counted:
-      if r["outcome"] in ("survived", "not covered"):
-        lines.append(f"  {r['outcome']}: `{r['module']}:{r['function']}:{r['change']}` "
-                     f"(line {r['line']})")
+    if report_only:  # the last runs' results, counted against today's list of equivalents
+      results = json.loads((out / f"{module_name}.json").read_text())
+      _count(module_name, results, equivalents, totals, lines)
+      continue
+    todo = mutants(module_name)
+    carried = _carried(module_name, out, equivalents) if survivors_only else {}
+    results, numbers = [], []
+    for number, (m, _) in enumerate(todo):
+      before = carried.get((m.function, m.function_hash, m.index, m.change))
+      if before is not None:
+        results.append({**before, "number": number, "line": m.line})
+      else:
+        numbers.append(number)
+    print(f"{module_name}: {len(todo)} mutants"
+          + (f", {len(results)} killed or equivalent in the last run" if survivors_only else ""),
+          flush=True)
+    run(module_name, numbers, timeout=300, results=results)
+    results.sort(key=lambda r: r["number"])
     (out / f"{module_name}.json").write_text(json.dumps(results, indent=1))
+    _count(module_name, results, equivalents, totals, lines)
   score = 100 * totals["killed"] / max(1, totals["counted"])
-  lines.append(f"Score: {totals['killed']} of {totals['counted']} mutants killed ({score:.1f}%), "
-               f"in {(time.monotonic() - started) / 60:.0f} min.")
+  lines.append(f"Score: {totals['killed']} of {totals['counted']} mutants killed ({score:.1f}%)"
+               + (", the last runs' results." if report_only else
+                  f", in {(time.monotonic() - started) / 60:.0f} min"
+                  + (" (the survivors of the last run)." if survivors_only else ".")))
   (out / "report.txt").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
   return 0

@@ -5,6 +5,8 @@ Every interrupted run is compared with one uninterrupted run of the same command
 the `slow` tests kill real processes.
 """
 import json
+import os
+import pathlib
 import re
 import shutil
 import signal
@@ -20,12 +22,14 @@ from conftest import (
   REPO,
   all_finite,
   assert_clear_error,
+  leaves_equal,
   records,
   restore,
   resumes_from,
   run_cli,
   run_main,
   run_program,
+  tensorboard_scalars,
   without,
 )
 from mnist_jax import config as config_lib
@@ -55,6 +59,34 @@ def test_train_and_evaluate_in_process(tiny_config, tmp_path):
   assert summary["epochs"] == 2 and 0.5 < summary["test_accuracy"] <= 1
   assert [r["epoch"] for r in records(tmp_path)] == [1, 2]
   assert restore(tmp_path)[1] == 2 and restore(tmp_path, "checkpoints_best")[1] >= 1
+  board = tensorboard_scalars(tmp_path / "tensorboard" / "train")
+  assert [step for step, _ in board["loss"]] == [1, 2]  # each epoch's, as it ended
+  fds = pathlib.Path("/proc/self/fd")
+  open_files = [str(fd.resolve()) for fd in fds.iterdir() if fd.exists()]
+  assert not [f for f in open_files if f.startswith(str(tmp_path))]  # every file closed
+
+
+def test_the_best_checkpoint_is_complete_before_the_regular_one_of_its_epoch_starts(
+    tiny_config, tmp_path, monkeypatch):
+  """A kill between the two saves must never leave a regular checkpoint newer than an
+  unfinished best one (_resume's rule): the loop waits for the best, however slow its writing."""
+  from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  tiny_config.data.validation, tiny_config.train.epochs = "train_tail", 3
+  digests, save = checkpoints._digests, checkpoints.Checkpointer.save  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoints, "_digests", lambda d: time.sleep(
+      0.3 if d.parent.name == "checkpoints_best" else 0) or digests(d))
+  started = []
+
+  def checked_save(self, epoch, state):
+    if self.directory.name == "checkpoints":
+      best = self.directory.parent / "checkpoints_best" / str(epoch)
+      started.append(epoch)
+      assert not best.exists() or (best / checkpoints.MANIFEST).exists(), epoch
+    save(self, epoch, state)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", checked_save)
+  loop.train_and_evaluate(tiny_config, tmp_path)
+  assert started == [1, 2, 3]
 
 
 def test_a_resume_discards_newer_checkpoints_names_missing_records_and_keeps_one_best(
@@ -86,6 +118,36 @@ def test_a_resume_discards_newer_checkpoints_names_missing_records_and_keeps_one
     regular.close()
     best.close()
   assert "has no record of epochs [1]" in caplog.text
+
+
+def test_a_signal_during_an_epoch_stops_the_run_after_it_with_a_checkpoint_then_it_resumes(
+    tiny_config, tmp_path, monkeypatch):
+  """In process, as from a notebook: SIGTERM during epoch 1 of 3 (raised by the epoch itself,
+  so it lands there) stops the run after that epoch, its checkpoint written; the same call
+  resumes from it and ends like an uninterrupted run."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  from mnist_jax.errors import RunInterrupted  # pylint: disable=import-outside-toplevel
+  tiny_config.train.epochs = 3
+  straight, _ = loop.train_and_evaluate(tiny_config, tmp_path / "straight")
+  one_epoch = loop._train_one_epoch  # pylint: disable=protected-access
+
+  def interrupted(config, trainer, state, epoch, checkpointer):
+    if epoch == 1:
+      signal.raise_signal(signal.SIGTERM)
+    return one_epoch(config, trainer, state, epoch, checkpointer)
+
+  monkeypatch.setattr(loop, "_train_one_epoch", interrupted)
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(RunInterrupted, match=r"^Stopped by SIGTERM after epoch 1 of 3; checkpoint "
+                     r"saved in .*checkpoints\. Run the same command again to resume\.$"):
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+  assert restore(tmp_path / "run")[1] == 1 and not (tmp_path / "run" / "summary.json").exists()
+  assert signal.getsignal(signal.SIGTERM) is handler  # the run's handler is gone
+  monkeypatch.setattr(loop, "_train_one_epoch", one_epoch)
+  with resumes_from(tmp_path / "run", 1):
+    resumed, _ = loop.train_and_evaluate(tiny_config, tmp_path / "run")
+  assert leaves_equal(resumed.params, straight.params)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 import json
 import pathlib
 import re
-import struct
 
 import numpy as np
 import pytest
 
-from conftest import PNG_SIGNATURE, TINY_FLAGS, run_program
+from conftest import PNG_SIGNATURE, TINY_FLAGS, run_program, tensorboard_scalars
 from mnist_jax import config as config_lib
 from mnist_jax import report
 
@@ -63,26 +62,11 @@ def test_reproduce_command_skips_an_experiment_that_does_not_load(monkeypatch, t
   assert report.reproduce_command(config, "runs/x").startswith("# no config in ")
 
 
-def _read_scalars(directory: pathlib.Path) -> dict:
-  """{tag: [(step, value)]} from TensorBoard event files, read without TensorFlow."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  scalars = {}
-  for path in directory.glob("events.out.tfevents.*"):
-    raw, pos = path.read_bytes(), 0
-    while pos < len(raw):  # TFRecord: length, its CRC, the Event, its CRC
-      (length,) = struct.unpack("<Q", raw[pos:pos + 8])
-      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars
-
-
 def test_tensorboard_scalars_per_epoch(trained_run):
   workdir = trained_run
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  train = _read_scalars(workdir / "tensorboard" / "train")
-  val = _read_scalars(workdir / "tensorboard" / "validation")
+  train = tensorboard_scalars(workdir / "tensorboard" / "train")
+  val = tensorboard_scalars(workdir / "tensorboard" / "validation")
   assert set(train) == {"loss", "accuracy", "learning_rate"} and set(val) == {"loss", "accuracy"}
   assert [s for s, _ in train["loss"]] == [1, 2]
   assert [v for _, v in train["loss"]] == pytest.approx([r["train_loss"] for r in records])

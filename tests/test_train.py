@@ -288,6 +288,16 @@ def test_summarize_divides_by_the_count_and_an_empty_split_is_zero():
                       "adversarial_accuracy": [0.0, 0.25]}
 
 
+def test_evaluate_sums_a_split_batch_by_batch_as_one_batch_would(tiny_config):
+  dd = device_data(tiny_config)
+  state = train.create_train_state(jax.random.key(0), tiny_config)
+  images, labels = dd.images[:300], dd.labels[:300]
+  whole = train.eval_step(state, {"image": images, "label": labels})
+  batched = train.evaluate(state, images, labels, batch_size=128)  # 128 + 128 + 44, padded
+  assert float(batched["count"]) == 300 and float(batched["correct"]) == float(whole["correct"])
+  np.testing.assert_allclose(float(batched["loss"]), float(whole["loss"]), rtol=1e-5)
+
+
 def test_evaluation_measures_robustness_only_when_asked(tiny_config):
   dd = device_data(tiny_config)
   state = train.create_train_state(jax.random.key(0), tiny_config)
