@@ -5,7 +5,6 @@ Every interrupted run is compared with one uninterrupted run of the same command
 the `slow` tests kill real processes.
 """
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -75,18 +74,21 @@ def test_the_best_checkpoint_is_complete_before_the_regular_one_of_its_epoch_sta
   digests, save = checkpoints._digests, checkpoints.Checkpointer.save  # pylint: disable=protected-access
   monkeypatch.setattr(checkpoints, "_digests", lambda d: time.sleep(
       0.3 if d.parent.name == "checkpoints_best" else 0) or digests(d))
-  started = []
+  started, best_epochs = [], []
 
   def checked_save(self, epoch, state):
-    if self.directory.name == "checkpoints":
-      best = self.directory.parent / "checkpoints_best" / str(epoch)
+    if self.directory.name == "checkpoints_best":
+      best_epochs.append(epoch)
+    else:
       started.append(epoch)
-      assert not best.exists() or (best / checkpoints.MANIFEST).exists(), epoch
+      if epoch in best_epochs:
+        assert (self.directory.parent / "checkpoints_best" / str(epoch)
+                / checkpoints.MANIFEST).exists(), epoch
     save(self, epoch, state)
 
   monkeypatch.setattr(checkpoints.Checkpointer, "save", checked_save)
   loop.train_and_evaluate(tiny_config, tmp_path)
-  assert started == [1, 2, 3]
+  assert started == [1, 2, 3] and best_epochs and best_epochs[0] == 1
 
 
 def test_a_resume_discards_newer_checkpoints_names_missing_records_and_keeps_one_best(

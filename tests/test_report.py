@@ -1,6 +1,5 @@
 """The report of a run: its numbers, figures, TensorBoard scalars, and the command to rebuild it."""
 import json
-import pathlib
 import re
 
 import numpy as np
