@@ -105,9 +105,7 @@ def test_orbax_still_reports_a_shape_mismatch_in_the_words_we_match(tmp_path, mo
 def test_wait_returns_only_once_the_checksums_are_written(tmp_path, monkeypatch):
   """The manifest is written in a background thread; wait() (and everything that reads) joins
   it, however slow the hashing."""
-  import time  # pylint: disable=import-outside-toplevel
-  digests = checkpoints._digests  # pylint: disable=protected-access
-  monkeypatch.setattr(checkpoints, "_digests", lambda d: time.sleep(0.5) or digests(d))
+  _slow_digests(monkeypatch)
   state = train.create_train_state(jax.random.key(0), config_lib.load("adam_mlp"))
   checkpointer = checkpoints.Checkpointer(tmp_path, keep=2)
   try:
