@@ -84,6 +84,12 @@ class Checkpointer:
     except BaseException as e:  # pylint: disable=broad-except  # raised again by wait()
       self._hash_error = e
 
+  def busy(self) -> bool:
+    """Whether the last save is still being written (its files or its checksums): a save now
+    would first wait for it."""
+    return ((self._hashing is not None and self._hashing.is_alive())
+            or self._manager.is_saving_in_progress())
+
   def wait(self) -> None:
     """Block until the last save is completely written, checksums included; raises OSError if
     it failed."""

@@ -187,7 +187,8 @@ def _train_epochs(config, workdir, trainer: Trainer, state, epoch: int, history:
       finished = epoch == epochs or early_stopping.patience_exhausted(best, patience)
       # A stop asked of any process of a multi-host job is the whole job's, after this epoch.
       stopping = multihost.any_process(signals.received is not None)
-      if finished or stopping or epoch % config.train.checkpoint_every == 0:
+      if finished or stopping or (epoch % config.train.checkpoint_every == 0
+                                  and not _skip_checkpoint(config, checkpointer)):
         checkpointer.save(epoch, state)
       if stopping and not finished:
         checkpointer.wait()
@@ -199,6 +200,13 @@ def _train_epochs(config, workdir, trainer: Trainer, state, epoch: int, history:
   if board is not None:
     board.close()
   return state, epoch, history
+
+
+def _skip_checkpoint(config, checkpointer) -> bool:
+  """Whether a due checkpoint is skipped because the previous save is still being written
+  (config.train.skip_checkpoints_while_saving); every process of a job skips the same ones."""
+  return (config.train.skip_checkpoints_while_saving
+          and multihost.any_process(checkpointer.busy()))
 
 
 def _train_one_epoch(config, trainer: Trainer, state, epoch: int, checkpointer) -> tuple:

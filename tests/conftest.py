@@ -75,6 +75,8 @@ def tiny_config():
   config.data.train_subset = 512
   config.train.epochs = 2
   config.train.batch_size = 64
+  # Every epoch saved, whatever the disk's speed: tests remove a given epoch's checkpoint.
+  config.train.skip_checkpoints_while_saving = False
   return config
 
 

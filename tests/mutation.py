@@ -37,8 +37,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 TARGETS = {
     "mnist_jax.checkpoints": (None, ["tests/test_checkpoints.py", "tests/test_loop.py"]),
     "mnist_jax.workdir": (None, ["tests/test_workdir.py", "tests/test_loop.py"]),
-    "mnist_jax.loop": (["_train_and_test", "_resume", "_train_epochs", "_StopSignals.__enter__",
-                        "_StopSignals._handle", "_StopSignals.__exit__", "_restore_best"],
+    "mnist_jax.loop": (["_train_and_test", "_resume", "_train_epochs", "_skip_checkpoint",
+                        "_StopSignals.__enter__", "_StopSignals._handle", "_StopSignals.__exit__",
+                        "_restore_best"],
                        ["tests/test_loop.py", "tests/test_main.py"]),
     "mnist_jax.train": (["train_step", "_batch_metrics", "_mask", "summarize", "steps_per_epoch",
                          "_batched_indices", "train_epoch", "eval_step", "evaluate"],

@@ -93,11 +93,11 @@ def test_multihost_cost_times_the_stop_agreement():
   assert "one stop agreement of 2 processes on localhost took a median" in result.stdout
 
 
-def test_fixed_cost_times_both_loops_and_jax_scan_and_breaks_an_epoch_down():
+def test_fixed_cost_times_the_loops_and_jax_scan_and_breaks_an_epoch_down():
   result = _run("fixed_cost", "--steps=1,2", "--epochs=3,3", "--repeats=1",
                 "--breakdown_repeats=1")
   assert result.returncode == 0, result.stderr[-3000:]
-  for system in ("mnist_jax", "mnist_jax_no_checkpoints", "jax_scan"):
+  for system in ("mnist_jax", "mnist_jax_every_save", "mnist_jax_no_checkpoints", "jax_scan"):
     assert f"| {system} | " in result.stdout
   for part in ("| compiled epoch (dispatch to results) |", "| TensorBoard (Writer.write) |",
                "| checkpoint save (Checkpointer.save) |", "| the loop's own lines (the rest) |"):

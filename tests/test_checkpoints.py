@@ -117,6 +117,26 @@ def test_wait_returns_only_once_the_checksums_are_written(tmp_path, monkeypatch)
     checkpointer.close()
 
 
+def test_busy_while_the_last_save_or_its_checksums_are_written_and_not_after(tmp_path,
+                                                                           monkeypatch):
+  """What the loop asks before a due save (config.train.skip_checkpoints_while_saving)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  hashing = threading.Event()
+  digests = checkpoints._digests  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoints, "_digests", lambda d: hashing.wait() and digests(d))
+  state = train.create_train_state(jax.random.key(0), config_lib.load("adam_mlp"))
+  checkpointer = checkpoints.Checkpointer(tmp_path, keep=2)
+  try:
+    assert not checkpointer.busy()  # nothing saved yet
+    checkpointer.save(1, state)
+    assert checkpointer.busy()
+    hashing.set()
+    checkpointer._hashing.join()  # pylint: disable=protected-access  # finished, not waited for
+    assert not checkpointer.busy() and checkpointer.check(1) is None
+  finally:
+    checkpointer.close()
+
+
 def test_a_failed_background_write_is_one_oserror_and_closing_does_not_raise_it_again(
     tmp_path, monkeypatch):
   import errno  # pylint: disable=import-outside-toplevel

@@ -41,7 +41,8 @@ from mnist_jax.errors import TrainingDiverged
 RUN = ("--config=adam_mlp", "--config.data.source=idx", "--config.data.train_subset=10000",
        "--config.data.validation=train_tail", "--config.model.input_dropout=0.2",
        "--config.train.epochs=6", "--config.train.batch_size=32",
-       "--config.train.early_stopping_patience=2", "--noreport")
+       "--config.train.early_stopping_patience=2",
+       "--config.train.skip_checkpoints_while_saving=False", "--noreport")
 EPOCHS = 6
 
 
@@ -89,6 +90,44 @@ def test_the_best_checkpoint_is_complete_before_the_regular_one_of_its_epoch_sta
   monkeypatch.setattr(checkpoints.Checkpointer, "save", checked_save)
   loop.train_and_evaluate(tiny_config, tmp_path)
   assert started == [1, 2, 3] and best_epochs and best_epochs[0] == 1
+
+
+def test_a_due_checkpoint_is_skipped_while_the_previous_is_written_and_resume_stays_exact(
+    tiny_config, tmp_path, monkeypatch):
+  """config.train.skip_checkpoints_while_saving: epochs that end while the last save is still
+  being written (here epoch 1's, made slow) save nothing, the last epoch always saves, and a run
+  killed after a skipped epoch resumes from the checkpoint it has, to the same parameters. False
+  saves every epoch, waiting for the previous save."""
+  from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  digests, save = checkpoints._digests, checkpoints.Checkpointer.save  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoints, "_digests",
+                      lambda d: time.sleep(3 if d.name == "1" else 0) or digests(d))
+  saved = []
+
+  def recorded_save(self, epoch, state):
+    saved.append(epoch)
+    save(self, epoch, state)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", recorded_save)
+  tiny_config.train.epochs = 4
+  runs = {}
+  for skip, expected in ((True, [1, 4]), (False, [1, 2, 3, 4])):
+    saved.clear()
+    tiny_config.train.skip_checkpoints_while_saving = skip
+    runs[skip], _ = loop.train_and_evaluate(tiny_config, tmp_path / str(skip))
+    assert saved == expected, skip
+  for x, y in zip(jax.tree.leaves(runs[True]), jax.tree.leaves(runs[False]), strict=True):
+    np.testing.assert_array_equal(x, y)  # what training computes is the same
+
+  run = tmp_path / "True"
+  (run / "summary.json").unlink()  # killed during epoch 4's save: epochs 2 and 3 have none
+  shutil.rmtree(run / "checkpoints" / "4")
+  tiny_config.train.skip_checkpoints_while_saving = True
+  with resumes_from(run, 1):
+    resumed, _ = loop.train_and_evaluate(tiny_config, run)
+  assert [r["epoch"] for r in records(run)] == [1, 2, 3, 4]
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(runs[True]), strict=True):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_a_resume_discards_newer_checkpoints_names_missing_records_and_keeps_one_best(
@@ -391,6 +430,7 @@ def test_early_stopping_restores_best_and_resumes_exactly(tmp_path):
   # So small a learning rate changes no prediction: val_accuracy never beats epoch 1's.
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 1e-12
   config.train.epochs, config.train.batch_size, config.train.early_stopping_patience = 10, 64, 2
+  config.train.skip_checkpoints_while_saving = False  # the test removes a given epoch's
 
   state, _ = loop.train_and_evaluate(config, tmp_path)
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -425,6 +465,7 @@ def test_a_damaged_best_checkpoint_is_caught_by_its_checksum_wherever_it_is_read
   config.data.source, config.data.train_subset, config.data.validation = "idx", 512, "train_tail"
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 1e-12  # epoch 1 stays the best
   config.train.epochs, config.train.batch_size, config.train.early_stopping_patience = 10, 64, 2
+  config.train.skip_checkpoints_while_saving = False  # the test removes a given epoch's
   loop.train_and_evaluate(config, tmp_path)
   assert json.loads((tmp_path / "summary.json").read_text())["tested_epoch"] == 1
   _flip_a_byte(tmp_path / "checkpoints_best" / "1")
@@ -448,6 +489,7 @@ def test_resume_is_exact_with_ema_max_norm_and_rbg(tmp_path):
   config.model.input_dropout, config.model.dropout = 0.2, (0.5,)
   config.rng_impl, config.train.ema_decay, config.optimizer.max_norm = "rbg", 0.99, 1.0
   config.train.epochs, config.train.batch_size = 3, 64
+  config.train.skip_checkpoints_while_saving = False  # the test removes a given epoch's
   straight, _ = loop.train_and_evaluate(config, tmp_path)
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert straight.ema_decay == 0.99 and straight.ema_params
@@ -475,6 +517,7 @@ def test_adversarial_maxout_selects_by_adversarial_validation_and_resumes_exactl
   config.train.epochs, config.optimizer.momentum_ramp_epochs = 3, 2.0
   config.train.batch_size = 50  # 30 steps: enough to learn something
   config.train.checkpoint_every = 1  # the config saves every 10 epochs
+  config.train.skip_checkpoints_while_saving = False  # the test removes a given epoch's
   straight, _ = loop.train_and_evaluate(config, tmp_path)
   history = records(tmp_path)
   assert len(history) == 3
@@ -678,6 +721,7 @@ def test_ladder_amlp_with_recomputed_statistics_resumes_exactly(tmp_path):
   config.model.hidden_sizes, config.model.denoising_weights = (32, 16), (1000.0, 1.0, 0.01, 0.01)
   config.train.epochs, config.train.batch_size, config.optimizer.decay_epochs = 3, 64, 1
   config.train.checkpoint_every = 1  # the config saves every 10 epochs
+  config.train.skip_checkpoints_while_saving = False  # the test removes a given epoch's
   straight, _ = loop.train_and_evaluate(config, tmp_path)
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert set(straight.params["combinator_0"]) == {"hidden_kernel", "hidden_bias", "output_kernel",

@@ -287,6 +287,7 @@ def test_a_killed_sweep_resumes_to_the_same_parameters(tmp_path):
   config = small("best_mlp")
   config.sweep.optimizer.learning_rate, config.sweep.model.gaussian_noise = (1e-3, 3e-3), (0.0, 0.3)
   config.train.epochs, config.train.checkpoint_every = 3, 1  # best_mlp saves every 5 epochs
+  config.train.skip_checkpoints_while_saving = False  # the test removes a given epoch's
   straight, _ = loop.train_and_evaluate(config, tmp_path / "straight")
   import shutil  # pylint: disable=import-outside-toplevel
   shutil.copytree(tmp_path / "straight", tmp_path / "killed")

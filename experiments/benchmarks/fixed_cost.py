@@ -14,7 +14,10 @@ alternate: for each repeat, each size, each system. The systems:
                             the loop to the next's, so it holds everything the loop does per
                             epoch (the compiled epoch, fetching its metrics, the divergence check,
                             the record in metrics.jsonl, the progress line, TensorBoard, the stop
-                            agreement, the checkpoint at the config's cadence: every epoch).
+                            agreement, the checkpoint at the config's cadence: every epoch,
+                            skipped while the previous save is still being written).
+  mnist_jax_every_save      the same saving every epoch, each save waiting for the previous one
+                            (--config.train.skip_checkpoints_while_saving=False).
   mnist_jax_no_checkpoints  the same with a checkpoint after the last epoch only (no save within
                             the timed epochs): the loop without its checkpoints.
   jax_scan                  the benchmark's hand-written epoch (systems.worker_jax_scan: `jax.jit`
@@ -46,7 +49,7 @@ from experiments.benchmarks.workers import run_worker as _run_worker
 from mnist_jax import cli, errors
 
 PROGRAM = "experiments.benchmarks.fixed_cost"
-SYSTEMS = ("mnist_jax", "mnist_jax_no_checkpoints", "jax_scan")
+SYSTEMS = ("mnist_jax", "mnist_jax_every_save", "mnist_jax_no_checkpoints", "jax_scan")
 EXPERIMENT = "adam_mlp"
 
 flags.DEFINE_list("steps", ["1", "10", "100", "1000"], "Steps an epoch (batches of 32).")
@@ -106,13 +109,15 @@ def worker_mnist_jax(args) -> None:
   loop._train_one_epoch = timed_epoch  # pylint: disable=protected-access
   if parts is not None:
     parts.install()
-  every = args.worker_epochs + 1 if args.worker == "mnist_jax_no_checkpoints" else 1
+  cadence = {"mnist_jax": [],
+             "mnist_jax_every_save": ["--config.train.skip_checkpoints_while_saving=False"],
+             "mnist_jax_no_checkpoints": [
+                 f"--config.train.checkpoint_every={args.worker_epochs + 1}"]}[args.worker]
   with tempfile.TemporaryDirectory(prefix="mnist_jax_fixed_cost_") as tmp:
     code = main_lib.run(["main", f"--config={EXPERIMENT}", f"--workdir={tmp}", "--noreport",
                          "--config.data.source=idx",
                          f"--config.data.train_subset={32 * args.worker_steps}",
-                         f"--config.train.epochs={args.worker_epochs}",
-                         f"--config.train.checkpoint_every={every}"])
+                         f"--config.train.epochs={args.worker_epochs}", *cadence])
   if code:
     raise SystemExit(code)
   # From each epoch's start to the next's; the last epoch has no end mark.
@@ -176,8 +181,8 @@ class _Parts:
     return {part: [self.seconds[epoch][part] for epoch in range(2, epochs + 1)] for part in names}
 
 
-WORKERS = {"mnist_jax": worker_mnist_jax, "mnist_jax_no_checkpoints": worker_mnist_jax,
-           "jax_scan": worker_jax_scan_subset}
+WORKERS = {"mnist_jax": worker_mnist_jax, "mnist_jax_every_save": worker_mnist_jax,
+           "mnist_jax_no_checkpoints": worker_mnist_jax, "jax_scan": worker_jax_scan_subset}
 
 
 def _config(config, steps: int):
