@@ -121,6 +121,7 @@ def test_busy_while_the_last_save_or_its_checksums_are_written_and_not_after(tmp
                                                                            monkeypatch):
   """What the loop asks before a due save (config.train.skip_checkpoints_while_saving)."""
   import threading  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
   hashing = threading.Event()
   digests = checkpoints._digests  # pylint: disable=protected-access
   monkeypatch.setattr(checkpoints, "_digests", lambda d: hashing.wait() and digests(d))
@@ -130,10 +131,14 @@ def test_busy_while_the_last_save_or_its_checksums_are_written_and_not_after(tmp
     assert not checkpointer.busy()  # nothing saved yet
     checkpointer.save(1, state)
     assert checkpointer.busy()
+    while checkpointer._manager.is_saving_in_progress():  # pylint: disable=protected-access
+      time.sleep(0.01)
+    assert checkpointer.busy()  # orbax is done, the checksums are not
     hashing.set()
     checkpointer._hashing.join()  # pylint: disable=protected-access  # finished, not waited for
     assert not checkpointer.busy() and checkpointer.check(1) is None
   finally:
+    hashing.set()  # a failed assertion must not leave close() waiting for the hashing forever
     checkpointer.close()
 
 
