@@ -215,54 +215,47 @@ def test_vanilla_combinator_is_rasmus_g():
                              (z - mu) * v + mu, rtol=1e-5, atol=1e-6)
 
 
-def test_amlp_combinator_is_a_per_unit_mlp_of_z_u_and_their_product():
-  """Against a loop over units in numpy: each unit its own 3-4-1 MLP with leaky ReLU (slope 0.1);
-  weights N(0, 0.025^2), biases 0 at initialisation."""
+def _amlp_in_numpy(params, z_tilde, u):
+  """The AMLP combinator as a loop over units: each unit's own MLP of (z~, u, z~ u), leaky ReLU
+  (slope 0.1) on the hidden layers (hidden_kernel, then hidden_kernel_1, ...), a linear output."""
+  z, v = np.asarray(z_tilde), np.asarray(u)
+  kernels = sorted(name for name in params if name.startswith("hidden_kernel"))
+  want = np.zeros(z.shape, np.float32)
+  for unit in range(z.shape[1]):
+    hidden = np.stack([z[:, unit], v[:, unit], z[:, unit] * v[:, unit]], axis=-1)  # (batch, 3)
+    for kernel in kernels:
+      hidden = hidden @ params[kernel][unit] + params[kernel.replace("kernel", "bias")][unit]
+      hidden = np.where(hidden > 0, hidden, 0.1 * hidden)
+    want[:, unit] = hidden @ params["output_kernel"][unit] + params["output_bias"][unit]
+  return want
+
+
+@pytest.mark.parametrize("hidden_layers, shapes", [
+    ((4,), {"hidden_kernel": (3, 4), "hidden_bias": (4,), "output_kernel": (4,),
+            "output_bias": ()}),
+    ((2, 2), {"hidden_kernel": (3, 2), "hidden_bias": (2,), "hidden_kernel_1": (2, 2),
+              "hidden_bias_1": (2,), "output_kernel": (2,), "output_bias": ()}),
+], ids=["AMLP[4]", "AMLP[2,2]"])
+def test_amlp_combinator_is_a_per_unit_mlp_of_z_u_and_their_product(hidden_layers, shapes):
+  """Against a loop over units in numpy: AMLP[4] is each unit's 3-4-1 MLP, AMLP[2,2] its 3-2-2-1
+  MLP (the first hidden layer and the output keep AMLP[4]'s names); weights N(0, 0.025^2),
+  biases 0 at initialisation."""
   rng = np.random.default_rng(1)
   batch, width = 6, 5
   z_tilde, u = (jnp.asarray(rng.normal(size=(batch, width)), jnp.float32) for _ in range(2))
-  combinator = AugmentedMLPCombinator()
+  combinator = AugmentedMLPCombinator(hidden_layers=hidden_layers)
   params = combinator.init(jax.random.key(0), z_tilde, u)["params"]
   assert {name: p.shape for name, p in params.items()} == {
-      "hidden_kernel": (width, 3, 4), "hidden_bias": (width, 4), "output_kernel": (width, 4),
-      "output_bias": (width,)}
-  assert not np.any(params["hidden_bias"]) and not np.any(params["output_bias"])
+      name: (width, *shape) for name, shape in shapes.items()}
+  assert not any(np.any(p) for name, p in params.items() if "bias" in name)
   np.testing.assert_allclose(np.std(params["hidden_kernel"]), 0.025, rtol=0.3)
   params = {name: rng.normal(size=p.shape).astype(np.float32) for name, p in params.items()}
-  got = combinator.apply({"params": params}, z_tilde, u)
-  z, v = np.asarray(z_tilde), np.asarray(u)
-  want = np.zeros((batch, width), np.float32)
-  for unit in range(width):
-    inputs = np.stack([z[:, unit], v[:, unit], z[:, unit] * v[:, unit]], axis=-1)  # (batch, 3)
-    hidden = inputs @ params["hidden_kernel"][unit] + params["hidden_bias"][unit]
-    hidden = np.where(hidden > 0, hidden, 0.1 * hidden)
-    want[:, unit] = hidden @ params["output_kernel"][unit] + params["output_bias"][unit]
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(combinator.apply({"params": params}, z_tilde, u),
+                             _amlp_in_numpy(params, z_tilde, u), rtol=1e-5, atol=1e-5)
 
 
-def test_amlp_combinator_with_two_hidden_layers_is_a_per_unit_3_2_2_1_mlp():
-  """hidden_layers=(2, 2), AMLP[2,2]: leaky ReLU on both hidden layers, a linear output; the first
-  hidden layer and the output keep the one-layer names, and the default is still (4,)."""
-  rng = np.random.default_rng(2)
-  batch, width = 6, 5
-  z_tilde, u = (jnp.asarray(rng.normal(size=(batch, width)), jnp.float32) for _ in range(2))
-  combinator = AugmentedMLPCombinator(hidden_layers=(2, 2))
-  params = combinator.init(jax.random.key(0), z_tilde, u)["params"]
-  assert {name: p.shape for name, p in params.items()} == {
-      "hidden_kernel": (width, 3, 2), "hidden_bias": (width, 2), "hidden_kernel_1": (width, 2, 2),
-      "hidden_bias_1": (width, 2), "output_kernel": (width, 2), "output_bias": (width,)}
-  assert not any(np.any(params[name]) for name in ("hidden_bias", "hidden_bias_1", "output_bias"))
-  params = {name: rng.normal(size=p.shape).astype(np.float32) for name, p in params.items()}
-  got = combinator.apply({"params": params}, z_tilde, u)
-  z, v = np.asarray(z_tilde), np.asarray(u)
-  want = np.zeros((batch, width), np.float32)
-  for unit in range(width):
-    hidden = np.stack([z[:, unit], v[:, unit], z[:, unit] * v[:, unit]], axis=-1)  # (batch, 3)
-    for suffix in ("", "_1"):
-      hidden = hidden @ params[f"hidden_kernel{suffix}"][unit] + params[f"hidden_bias{suffix}"][unit]
-      hidden = np.where(hidden > 0, hidden, 0.1 * hidden)
-    want[:, unit] = hidden @ params["output_kernel"][unit] + params["output_bias"][unit]
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+def test_amlp_combinator_defaults_to_amlp_4_and_refuses_empty_hidden_layers():
+  z_tilde = u = jnp.ones((6, 5), jnp.float32)
   default, four = (AugmentedMLPCombinator(**kwargs).init(jax.random.key(0), z_tilde, u)
                    for kwargs in ({}, {"hidden_layers": (4,)}))
   assert jax.tree.all(jax.tree.map(np.array_equal, default, four))
