@@ -103,3 +103,26 @@ def test_fixed_cost_times_the_loops_and_jax_scan_and_breaks_an_epoch_down():
                "| checkpoint save (Checkpointer.save) |", "| the loop's own lines (the rest) |"):
     assert part in result.stdout
   assert "failed" not in result.stdout.lower()
+
+
+def test_accelerator_runs_collect_run_files_without_checkpoints_within_the_budget(tmp_path):
+  """accelerator_runs.sh --smoke: a Ladder step runs and its files come back, never its
+  checkpoints; a step whose estimate no longer fits is skipped, and an unknown one refused."""
+  script = str(REPO / "experiments" / "benchmarks" / "accelerator_runs.sh")
+  out = tmp_path / "out"
+  result = subprocess.run(["bash", script, str(out), "600", "ladder_single", "--smoke"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (out / "steps.txt").read_text().startswith("ladder_single: exit 0 after ")
+  run = out / "ladder_single" / "run"
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["epochs"] == 2 and 0 < summary["test_accuracy"] <= 1
+  assert (run / "config.json").is_file() and (run / "metrics.jsonl").is_file()
+  assert not list(run.glob("checkpoints*")) and not (run / ".lock").exists()
+
+  skipped = subprocess.run(["bash", script, str(tmp_path / "late"), "5", "ladder_tfds"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert skipped.returncode == 0 and "ladder_tfds: skipped, " in skipped.stdout
+  unknown = subprocess.run(["bash", script, str(tmp_path / "x"), "5", "ladder"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+  assert unknown.returncode == 2 and "Unknown step 'ladder'. The steps are:" in unknown.stderr
