@@ -129,3 +129,28 @@ def test_a_ladder_replica_equals_the_single_run_of_its_seed():
       np.testing.assert_allclose(a, b[k], rtol=1e-4, atol=1e-4)
   kernels = np.asarray(together["dense_0"]["kernel"])
   assert not np.allclose(kernels[0], kernels[1], rtol=1e-2)  # and the seeds differ
+
+
+@pytest.mark.slow
+def test_a_ladder_replica_tests_as_the_single_run_of_its_seed(tmp_path):
+  """The whole loop, vmapped and single: training, BatchNorm statistics recomputed over the
+  training set, and the test. Each replica's test figures are its single run's, to the rounding
+  that one epoch of vmapped arithmetic leaves (the GPU setting ran best_ladder vmapped)."""
+  from mnist_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_jax import loop  # pylint: disable=import-outside-toplevel
+
+  def summary(num_seeds, seed):
+    config = config_lib.load("best_ladder")
+    config.data.source, config.data.train_subset = "idx", 2000
+    config.model.hidden_sizes, config.model.denoising_weights = (32, 16), (1000.0, 1.0, 0.01, 0.01)
+    config.train.epochs, config.optimizer.decay_epochs = 1, 1
+    config.num_seeds, config.seed = num_seeds, seed
+    loop.train_and_evaluate(config, tmp_path / f"{num_seeds}-{seed}")
+    return json.loads((tmp_path / f"{num_seeds}-{seed}" / "summary.json").read_text())
+
+  together = summary(num_seeds=3, seed=0)["replicas"]
+  for k in (0, 2):
+    alone = summary(num_seeds=1, seed=k)
+    assert abs(together[k]["test_accuracy"] - alone["test_accuracy"]) <= 2e-4  # 2 images
+    assert together[k]["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-3)
+  assert together[0]["test_loss"] != pytest.approx(together[2]["test_loss"], rel=1e-3)
