@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -316,38 +317,40 @@ def run(module_name: str, numbers: list[int], timeout: float, results: list[dict
     process = subprocess.Popen(
         [sys.executable, __file__, "--worker", module_name, ",".join(map(str, left)),
          _digest(todo)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     # Until the next JSON record: the baseline (the module's tests under the profiler), then each
-    # mutant. Other lines (pytest's, a hanging mutant's training log) do not extend it.
-    deadline = time.monotonic() + 3600.0
-    while True:
+    # mutant. Other output (pytest's, a hanging mutant's training log) does not extend it. Read
+    # in chunks, never by line: a hanging test leaves pytest's line of dots without its newline.
+    deadline, pending, ended = time.monotonic() + 3600.0, b"", False
+    while not ended:
       remaining = deadline - time.monotonic()
       if remaining <= 0 or not selector.select(remaining):
         process.kill()  # the mutant being tested hangs
         break
-      line = process.stdout.readline()
-      if not line:
-        break  # the worker ended
-      if not line.startswith("{"):
-        continue
-      record = json.loads(line)
-      if "changed" in record:
-        raise SystemExit(f"{module_name} was edited during the run: run it again.")
-      if "baseline" in record:
-        if record["baseline"] != 0:
-          raise SystemExit(f"{module_name}: the tests fail without any mutant; fix them first.")
-        print(f"  baseline: {record['seconds']:.0f} s", flush=True)
-        # A mutant runs at most the baseline's tests: twice its time is a hang, even on cores
-        # that other work shares.
-        timeout = max(timeout, 2 * record["seconds"])
+      chunk = os.read(process.stdout.fileno(), 1 << 16)
+      ended = not chunk  # the worker ended
+      *lines, pending = (pending + chunk).split(b"\n")
+      for line in lines:
+        if not line.startswith(b"{"):
+          continue
+        record = json.loads(line)
+        if "changed" in record:
+          raise SystemExit(f"{module_name} was edited during the run: run it again.")
+        if "baseline" in record:
+          if record["baseline"] != 0:
+            raise SystemExit(f"{module_name}: the tests fail without any mutant; fix them first.")
+          print(f"  baseline: {record['seconds']:.0f} s", flush=True)
+          # A mutant runs at most the baseline's tests: twice its time is a hang, even on cores
+          # that other work shares.
+          timeout = max(timeout, 2 * record["seconds"])
+          deadline = time.monotonic() + timeout
+          continue
         deadline = time.monotonic() + timeout
-        continue
-      deadline = time.monotonic() + timeout
-      results.append(record)
-      left.remove(record["number"])
-      _print(record, len(todo))
+        results.append(record)
+        left.remove(record["number"])
+        _print(record, len(todo))
     process.wait()
     if left:
       number = left.pop(0)
