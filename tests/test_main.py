@@ -233,9 +233,10 @@ def test_accepted_random_overrides_train(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("fuzz")
     try:
       loop.train_and_evaluate(config, workdir)
-    except (errors.TrainingDiverged, errors.ConfigError) as e:
+    except (errors.TrainingDiverged, errors.ConfigError, errors.DataError) as e:
       # What an accepted value may still meet: a learning rate that diverges, or a value that
-      # only the data can refuse (a batch larger than the subset, too few classes).
+      # only the data can refuse (a batch larger than the subset, too few classes, a dataset
+      # name or directory with no dataset in it).
       assert str(e).strip() and "\n\n" not in str(e), (field, value, str(e))
       return
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
