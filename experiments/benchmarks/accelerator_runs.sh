@@ -5,15 +5,15 @@
 #   bash experiments/benchmarks/accelerator_runs.sh OUT SECONDS [STEP ...]
 #   bash experiments/benchmarks/accelerator_runs.sh /tmp/smoke 600 --smoke   # the mechanics on a CPU
 #
-# STEPs (default: all, in this order; the estimates are for one NVIDIA H200):
-#   ladder_tfds    best_ladder, seeds 0-4 vmapped, tfds source            ~240 s
-#   ladder_single  best_ladder, seed 0 alone, tfds source                 ~200 s
-#   amlp_seeds     ladder_amlp, seeds 5-9 vmapped, tfds source            ~240 s
-#   device_check   python -m experiments.benchmarks.device_check          ~300 s
-#   benchmark      adam_mlp and sigmoid_mlp against the other systems     ~300 s
-#   amlp_2_2       ladder_amlp_2_2, seeds 0-4 vmapped, tfds source        ~260 s
-# A step starts only when its estimate fits in what is left of SECONDS, and is stopped at the
-# deadline. The tfds source reads its decoded arrays from data/tfds/mnist_jax_cache/ (a run with
+# STEPs (default: all, in this order):
+#   ladder_tfds    best_ladder, seeds 0-4 vmapped, tfds source
+#   ladder_single  best_ladder, seed 0 alone, tfds source
+#   amlp_seeds     ladder_amlp, seeds 5-9 vmapped, tfds source
+#   device_check   python -m experiments.benchmarks.device_check
+#   benchmark      adam_mlp and sigmoid_mlp against the other systems
+#   amlp_2_2       ladder_amlp_2_2, seeds 0-4 vmapped, tfds source
+# A step starts only when its estimate (`estimate` below: seconds on one NVIDIA H200) fits in
+# what is left of SECONDS, and is stopped at the deadline. The tfds source reads its decoded arrays from data/tfds/mnist_jax_cache/ (a run with
 # tensorflow-datasets writes them), so that tensorflow-datasets need not be installed.
 # --smoke: every run shrunk to seconds (2 epochs on 1,000 images, device_check --quick, a 1-epoch
 # benchmark), to try the mechanics anywhere.

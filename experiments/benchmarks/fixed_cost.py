@@ -146,20 +146,18 @@ class _Parts:
       trainer,
     )
     from mnist_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-    wrap = lambda owner, name, part, wait=False: (
-        setattr(owner, name, self._clock(getattr(owner, name), part, wait))
-        if hasattr(owner, name) else None)
+    wrap = lambda owner, name, part, wait=False: setattr(
+        owner, name, self._clock(getattr(owner, name), part, wait))
     wrap(trainer.Trainer, "train_epoch", "compiled epoch (dispatch to results)",
          wait=jax.block_until_ready)
     wrap(loop, "summarize", "metric sums to the host (summarize)")
     wrap(loop, "_raise_if_diverged", "divergence check (_raise_if_diverged)")
-    wrap(loop, "_all_finite", "  of which: parameters finite, on the host (_all_finite)")
     wrap(loop, "_train_one_epoch", "_train_one_epoch")
     wrap(workdir_lib, "append_record", "record appended to metrics.jsonl")
     wrap(loop, "_progress_line", "progress line (formatted)")
     wrap(tensorboard.Writer, "write", "TensorBoard (Writer.write)")
     wrap(early_stopping, "best_epoch", "best epoch (early_stopping.best_epoch)")
-    wrap(multihost, "any_process", "stop agreement (multihost.any_process)")
+    wrap(multihost, "any_process", "stop and checkpoint-skip agreement (multihost.any_process)")
     wrap(checkpoints.Checkpointer, "save", "checkpoint save (Checkpointer.save)")
     wrap(checkpoints.Checkpointer, "wait", "  of which: waiting for the previous save")
 
@@ -233,7 +231,8 @@ INNER = ("compiled epoch (dispatch to results)", "metric sums to the host (summa
          "divergence check (_raise_if_diverged)")
 AFTER = ("record appended to metrics.jsonl", "progress line (formatted)",
          "TensorBoard (Writer.write)", "best epoch (early_stopping.best_epoch)",
-         "stop agreement (multihost.any_process)", "checkpoint save (Checkpointer.save)")
+         "stop and checkpoint-skip agreement (multihost.any_process)",
+         "checkpoint save (Checkpointer.save)")
 RECORD = "the record: step and learning rate (the rest of _train_one_epoch)"
 REST = "the loop's own lines (the rest)"
 WHOLE = "whole epoch (one start to the next)"
