@@ -30,7 +30,7 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
-from mnist_jax import parallel
+from mnist_jax import parallel, paths
 from mnist_jax.errors import CheckpointError, LostProcess
 
 log = logging.getLogger("mnist_jax")
@@ -69,7 +69,7 @@ class Checkpointer:
       if epoch in self._manager.all_steps():
         self._manager.delete(epoch)
       if parallel.is_primary() and self._checksummed_from() is None:
-        _write_atomic(self.directory / SINCE, json.dumps({"from_epoch": epoch}) + "\n")
+        paths.write_atomic(self.directory / SINCE, json.dumps({"from_epoch": epoch}) + "\n")
       self._manager.save(epoch, args=ocp.args.StandardSave(host_copy), force=True)
     if parallel.is_primary():
       self._hashing = threading.Thread(target=self._write_manifest, args=(epoch,), daemon=True)
@@ -80,7 +80,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
       directory = self.directory / str(epoch)
-      _write_atomic(directory / MANIFEST, json.dumps(_digests(directory), indent=0) + "\n")
+      paths.write_atomic(directory / MANIFEST, json.dumps(_digests(directory), indent=0) + "\n")
     except BaseException as e:  # pylint: disable=broad-except  # raised again by wait()
       self._hash_error = e
 
@@ -238,12 +238,6 @@ def _digests(directory: pathlib.Path) -> dict[str, str]:
       with open(path, "rb") as f:
         out[str(path.relative_to(directory))] = hashlib.file_digest(f, "sha256").hexdigest()
   return out
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 # Fields left out of a checkpoint while they hold this empty value: a run without a moving

@@ -1,5 +1,7 @@
-"""Where the repository keeps what a run reads. A leaf: it imports nothing of the package."""
+"""Where the repository keeps what a run reads, and how a file is replaced safely. A leaf: it
+imports nothing of the package."""
 
+import os
 import pathlib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -15,3 +17,10 @@ def relative(path) -> str:
     return str(path.resolve().relative_to(REPO_ROOT))
   except ValueError:
     return str(path)
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Write a temporary file, then rename it: a kill leaves the old file or the new, never half."""
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)

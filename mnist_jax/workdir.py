@@ -34,7 +34,7 @@ import time
 import jax
 import ml_collections
 
-from mnist_jax import checkpoints, data, parallel, replicas, train
+from mnist_jax import checkpoints, data, parallel, paths, replicas, train
 from mnist_jax import config as config_lib
 from mnist_jax.errors import ConfigError, RunError, WorkdirBusy, WriteError
 
@@ -120,12 +120,9 @@ def config_json(config) -> str:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Write a temporary file, then rename it: a kill leaves the old file or the new, never half."""
-  if not parallel.is_primary():
-    return
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  """`paths.write_atomic` from process 0 alone: one writer per run."""
+  if parallel.is_primary():
+    paths.write_atomic(path, text)
 
 
 def _same_config(workdir: pathlib.Path, config) -> bool:
