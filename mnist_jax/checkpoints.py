@@ -23,6 +23,7 @@ import pathlib
 import shutil
 import sys
 import threading
+import time
 import warnings
 from typing import Optional
 
@@ -51,6 +52,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True))
     self._failed = False
+    self._save_started: Optional[float] = None  # time.monotonic() of the last save's start
     self._hashing: Optional[threading.Thread] = None  # writes the last save's manifest
     self._hash_error: Optional[BaseException] = None
     self.damaged: dict[int, str] = {}  # epoch -> what is wrong, found by the last restore
@@ -64,6 +66,7 @@ class Checkpointer:
     checkpoint's own: the next epoch may reuse (donate) the state's device buffers.
     """
     self.wait()
+    self._save_started = time.monotonic()
     host_copy = parallel.to_host(_state_dict(state), copy=True)
     with self._writing():
       if epoch in self._manager.all_steps():
@@ -89,6 +92,12 @@ class Checkpointer:
     would first wait for it."""
     return ((self._hashing is not None and self._hashing.is_alive())
             or self._manager.is_saving_in_progress())
+
+  def seconds_since_save(self) -> float:
+    """Seconds since this checkpointer's last save began (inf before its first)."""
+    if self._save_started is None:
+      return float("inf")
+    return time.monotonic() - self._save_started
 
   def wait(self) -> None:
     """Block until the last save is completely written, checksums included; raises OSError if

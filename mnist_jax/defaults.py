@@ -129,11 +129,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.adversarial_alpha = 0.5
   config.train.checkpoint_every = 1  # epochs between checkpoints
   # True: a due checkpoint is skipped while the previous one is still being written, so training
-  # never waits for the disk (epochs shorter than a save then save less often; which epochs have
-  # one depends on the disk's speed, what training computes does not). The last epoch's, a stop's
-  # and the best epoch's are always saved. False: every checkpoint_every-th epoch is saved,
-  # waiting for the previous save when need be.
+  # never waits for the disk, and while the previous one began less than
+  # min_seconds_between_checkpoints ago, so the saves' own CPU time (tens of ms each) stays a
+  # small share of short epochs'. Which epochs have one then depends on the disk's and the
+  # device's speed; what training computes does not. The last epoch's, a stop's and the best
+  # epoch's are always saved. False: every checkpoint_every-th epoch is saved, waiting for the
+  # previous save when need be.
   config.train.skip_checkpoints_while_saving = True
+  config.train.min_seconds_between_checkpoints = 60.0  # a kill loses at most this and an epoch
   config.train.keep_checkpoints = 2
   # With validation, the best epoch by `monitor` is also kept, in checkpoints_best/.
   config.train.monitor = "val_accuracy"  # early_stopping.MONITORS (Keras's `monitor`)

@@ -203,10 +203,12 @@ def _train_epochs(config, workdir, trainer: Trainer, state, epoch: int, history:
 
 
 def _skip_checkpoint(config, checkpointer) -> bool:
-  """Whether a due checkpoint is skipped because the previous save is still being written
-  (config.train.skip_checkpoints_while_saving); every process of a job skips the same ones."""
-  return (config.train.skip_checkpoints_while_saving
-          and multihost.any_process(checkpointer.busy()))
+  """Whether a due checkpoint is skipped (config.train.skip_checkpoints_while_saving): the
+  previous save is still being written, or began less than min_seconds_between_checkpoints ago.
+  Every process of a job skips the same ones."""
+  return (config.train.skip_checkpoints_while_saving and multihost.any_process(
+      checkpointer.busy()
+      or checkpointer.seconds_since_save() < config.train.min_seconds_between_checkpoints))
 
 
 def _train_one_epoch(config, trainer: Trainer, state, epoch: int, checkpointer) -> tuple:

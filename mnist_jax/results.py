@@ -48,7 +48,8 @@ TYPED = "typed.json"
 # experiment to `verify`, which shows these differences beside the verdict.
 RUN_FIELDS = ("data.source", "data.idx_dir", "data.tfds_dir", "mesh.num_devices",
               "matmul_precision", "train.checkpoint_every", "train.keep_checkpoints",
-              "train.skip_checkpoints_while_saving", "train.eval_batch_size")
+              "train.skip_checkpoints_while_saving", "train.min_seconds_between_checkpoints",
+              "train.eval_batch_size")
 # What the line before a table that is not generated starts with, telling the reader what it is:
 # runs whose files were not kept (typed from their logs), or a paper's figures.
 UNGENERATED_MARKS = ("<!-- typed -->", "<!-- published -->")

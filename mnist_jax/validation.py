@@ -58,6 +58,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.train.checkpoint_every={train.checkpoint_every} must be at least 1.")
   require(train.keep_checkpoints >= 1,
           f"config.train.keep_checkpoints={train.keep_checkpoints} must be at least 1.")
+  require(train.min_seconds_between_checkpoints >= 0,
+          f"config.train.min_seconds_between_checkpoints={train.min_seconds_between_checkpoints} "
+          f"must be >= 0 (0 = save whenever the previous save is written).")
   require(train.early_stopping_patience >= 0,
           f"config.train.early_stopping_patience={train.early_stopping_patience} must be >= 0 "
           f"(0 = off).")

@@ -97,7 +97,8 @@ def test_fixed_cost_times_the_loops_and_jax_scan_and_breaks_an_epoch_down():
   result = _run("fixed_cost", "--steps=1,2", "--epochs=3,3", "--repeats=1",
                 "--breakdown_repeats=1")
   assert result.returncode == 0, result.stderr[-3000:]
-  for system in ("mnist_jax", "mnist_jax_every_save", "mnist_jax_no_checkpoints", "jax_scan"):
+  for system in ("mnist_jax", "mnist_jax_while_saving", "mnist_jax_every_save",
+                 "mnist_jax_no_checkpoints", "jax_scan"):
     assert f"| {system} | " in result.stdout
   for part in ("| compiled epoch (dispatch to results) |", "| TensorBoard (Writer.write) |",
                "| checkpoint save (Checkpointer.save) |", "| the loop's own lines (the rest) |"):

@@ -119,7 +119,8 @@ def test_wait_returns_only_once_the_checksums_are_written(tmp_path, monkeypatch)
 
 def test_busy_while_the_last_save_or_its_checksums_are_written_and_not_after(tmp_path,
                                                                            monkeypatch):
-  """What the loop asks before a due save (config.train.skip_checkpoints_while_saving)."""
+  """What the loop asks before a due save (config.train.skip_checkpoints_while_saving): whether
+  the last save is still written, and how long ago it began."""
   import threading  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
   hashing = threading.Event()
@@ -129,8 +130,14 @@ def test_busy_while_the_last_save_or_its_checksums_are_written_and_not_after(tmp
   checkpointer = checkpoints.Checkpointer(tmp_path, keep=2)
   try:
     assert not checkpointer.busy()  # nothing saved yet
+    assert checkpointer.seconds_since_save() == float("inf")
+    before = time.monotonic()
     checkpointer.save(1, state)
     assert checkpointer.busy()
+    since = checkpointer.seconds_since_save()
+    assert 0 <= since <= time.monotonic() - before
+    time.sleep(0.05)
+    assert checkpointer.seconds_since_save() >= since + 0.05
     while checkpointer._manager.is_saving_in_progress():  # pylint: disable=protected-access
       time.sleep(0.01)
     assert checkpointer.busy()  # orbax is done, the checksums are not

@@ -49,6 +49,8 @@ def test_an_experiment_extends_another_by_loading_it():
     ("model.dropout", (1.0,), r"dropout=\(1.0,\) must each be in \[0, 1\)"),
     ("model.gaussian_noise", -0.1, r"gaussian_noise=-0.1 must be in \[0, inf\)"),
     ("train.early_stopping_patience", -1, "early_stopping_patience=-1 must be >= 0"),
+    ("train.min_seconds_between_checkpoints", -1.0,
+     "min_seconds_between_checkpoints=-1.0 must be >= 0"),
     ("train.early_stopping_patience", 3, "early_stopping_patience=3 needs validation data"),
     ("train.monitor", "val_acc", "monitor='val_acc' is not one of val_accuracy, val_loss"),
     ("train.ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),

@@ -130,6 +130,27 @@ def test_a_due_checkpoint_is_skipped_while_the_previous_is_written_and_resume_st
     np.testing.assert_array_equal(x, y)
 
 
+def test_a_due_checkpoint_is_skipped_within_min_seconds_of_the_last_save(tiny_config, tmp_path,
+                                                                          monkeypatch):
+  """config.train.min_seconds_between_checkpoints, with skipping on: the first due checkpoint is
+  saved, the next ones not until that many seconds have passed since it began; the last epoch's
+  always is. Off (skipping off), every due epoch is saved."""
+  from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  save, saved = checkpoints.Checkpointer.save, []
+
+  def recorded_save(self, epoch, state):
+    saved.append(epoch)
+    save(self, epoch, state)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", recorded_save)
+  tiny_config.train.epochs, tiny_config.train.min_seconds_between_checkpoints = 4, 3600.0
+  for skip, expected in ((True, [1, 4]), (False, [1, 2, 3, 4])):
+    saved.clear()
+    tiny_config.train.skip_checkpoints_while_saving = skip
+    loop.train_and_evaluate(tiny_config, tmp_path / str(skip))
+    assert saved == expected, skip
+
+
 def test_a_resume_discards_newer_checkpoints_names_missing_records_and_keeps_one_best(
     tiny_config, tmp_path, caplog):
   """Resuming from a checkpoint older than the newest (here: the newest damaged) deletes every

@@ -19,9 +19,11 @@ from conftest import REPO, records, restore, without
 from mnist_jax import multihost
 
 HEARTBEAT = 5  # --heartbeat_timeout of these jobs, seconds
-# 6000 images, 40 epochs: about 0.2 s an epoch, so a fault lands mid-run.
+# 6000 images, 40 epochs: about 0.2 s an epoch, so a fault lands mid-run; a checkpoint whenever
+# the last save is written, so the job has one after a few epochs.
 RUN = ("--config=adam_mlp", "--config.data.source=idx", "--config.data.train_subset=6000",
-       "--config.train.epochs=40", "--config.train.batch_size=128", "--noreport", "--distributed",
+       "--config.train.epochs=40", "--config.train.batch_size=128",
+       "--config.train.min_seconds_between_checkpoints=0", "--noreport", "--distributed",
        "--num_processes=2", f"--heartbeat_timeout={HEARTBEAT}", "--init_timeout=60")
 
 
