@@ -92,6 +92,19 @@ def test_the_best_checkpoint_is_complete_before_the_regular_one_of_its_epoch_sta
   assert started == [1, 2, 3] and best_epochs and best_epochs[0] == 1
 
 
+def _record_saves(monkeypatch) -> list[int]:
+  """The epochs every Checkpointer saves from now on, in order (the saves still happen)."""
+  from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  save, saved = checkpoints.Checkpointer.save, []
+
+  def recorded_save(self, epoch, state):
+    saved.append(epoch)
+    save(self, epoch, state)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", recorded_save)
+  return saved
+
+
 def test_a_due_checkpoint_is_skipped_while_the_previous_is_written_and_resume_stays_exact(
     tiny_config, tmp_path, monkeypatch):
   """config.train.skip_checkpoints_while_saving: epochs that end while the last save is still
@@ -99,16 +112,10 @@ def test_a_due_checkpoint_is_skipped_while_the_previous_is_written_and_resume_st
   killed after a skipped epoch resumes from the checkpoint it has, to the same parameters. False
   saves every epoch, waiting for the previous save."""
   from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  digests, save = checkpoints._digests, checkpoints.Checkpointer.save  # pylint: disable=protected-access
+  digests = checkpoints._digests  # pylint: disable=protected-access
   monkeypatch.setattr(checkpoints, "_digests",
                       lambda d: time.sleep(3 if d.name == "1" else 0) or digests(d))
-  saved = []
-
-  def recorded_save(self, epoch, state):
-    saved.append(epoch)
-    save(self, epoch, state)
-
-  monkeypatch.setattr(checkpoints.Checkpointer, "save", recorded_save)
+  saved = _record_saves(monkeypatch)
   tiny_config.train.epochs = 4
   runs = {}
   for skip, expected in ((True, [1, 4]), (False, [1, 2, 3, 4])):
@@ -135,14 +142,7 @@ def test_a_due_checkpoint_is_skipped_within_min_seconds_of_the_last_save(tiny_co
   """config.train.min_seconds_between_checkpoints, with skipping on: the first due checkpoint is
   saved, the next ones not until that many seconds have passed since it began; the last epoch's
   always is. Off (skipping off), every due epoch is saved."""
-  from mnist_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  save, saved = checkpoints.Checkpointer.save, []
-
-  def recorded_save(self, epoch, state):
-    saved.append(epoch)
-    save(self, epoch, state)
-
-  monkeypatch.setattr(checkpoints.Checkpointer, "save", recorded_save)
+  saved = _record_saves(monkeypatch)
   tiny_config.train.epochs, tiny_config.train.min_seconds_between_checkpoints = 4, 3600.0
   for skip, expected in ((True, [1, 4]), (False, [1, 2, 3, 4])):
     saved.clear()

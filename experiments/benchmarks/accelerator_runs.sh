@@ -13,8 +13,9 @@
 #   benchmark      adam_mlp and sigmoid_mlp against the other systems
 #   amlp_2_2       ladder_amlp_2_2, seeds 0-4 vmapped, tfds source
 # A step starts only when its estimate (`estimate` below: seconds on one NVIDIA H200) fits in
-# what is left of SECONDS, and is stopped at the deadline. The tfds source reads its decoded arrays from data/tfds/mnist_jax_cache/ (a run with
-# tensorflow-datasets writes them), so that tensorflow-datasets need not be installed.
+# what is left of SECONDS, and is stopped at the deadline. The tfds source reads its decoded
+# arrays from data/tfds/mnist_jax_cache/ (a run with tensorflow-datasets writes them), so that
+# tensorflow-datasets need not be installed.
 # --smoke: every run shrunk to seconds (2 epochs on 1,000 images, device_check --quick, a 1-epoch
 # benchmark), to try the mechanics anywhere.
 #
