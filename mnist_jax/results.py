@@ -336,8 +336,10 @@ def readme_table() -> str:
     else:
       c = load(name)
       outcome = comparison(c, pub).split(":")[0].replace(" it", " their figure")
-      ours = (f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "")
-              + (" (no run files)" if c.typed_seeds else ""))
+      typed = c.typed_seeds
+      files = ("" if not typed else " (no run files)" if len(typed) == len(c.result.seeds)
+               else f" (seeds {_seed_ranges(typed)} without run files)")
+      ours = f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "") + files
     rows.append([f"`{name}`", pub["reproduces"], pub["model"], _figure_text(pub), ours])
   return report.markdown_table(header, rows)
 
