@@ -3,12 +3,13 @@
 Slow tier: each measurement is a fresh process, as in a real benchmark."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +128,22 @@ def test_accelerator_runs_collect_run_files_without_checkpoints_within_the_budge
   unknown = subprocess.run(["bash", script, str(tmp_path / "x"), "5", "ladder"], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
   assert unknown.returncode == 2 and "Unknown step 'ladder'. The steps are:" in unknown.stderr
+
+
+def test_recompute_order_retests_a_run_in_its_stored_and_in_random_orders(tmp_path):
+  run = tmp_path / "run"
+  run_cli("--config=best_ladder", "--config.data.source=idx", "--config.data.train_subset=2000",
+          "--config.model.hidden_sizes=(32,16)",
+          "--config.model.denoising_weights=(1000.0,1.0,0.01,0.01)", "--config.train.epochs=1",
+          "--config.optimizer.decay_epochs=1", "--config.num_seeds=1", f"--workdir={run}",
+          "--noreport")
+  result = _run("recompute_order", "--orders=2", str(run))
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  ratios = dict(re.findall(r"^\| `(\w+)` \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|$", result.stdout,
+                             re.MULTILINE))
+  assert float(ratios["idx"]) < 0.99 < float(ratios["tfds"])  # idx stores alike images together
+  row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {run} |"))
+  checkpoint, stored, *randoms = (int(n) for n in row.split("|")[3:-1])
+  assert checkpoint == stored and len(randoms) == 2  # the stored order is the run's own pass
+  assert 0 < checkpoint < 10_000
