@@ -224,10 +224,18 @@ def seeds_text(c: Committed) -> str:
   runs = _runs(c)
   how = ("vmapped" if len(runs) == 1 and len(seeds) > 1 else "one run each"
          if all(n == 1 for _, n in runs) else f"in {len(runs)} runs")
+  missing = _without_files(c)
+  return f"{len(seeds)} ({_seed_ranges(seeds)}), {how}" + (f"; {missing} (typed)" if missing else "")
+
+
+def _without_files(c: Committed, files: str = "files", seeds: str = "") -> str:
+  """ "" when every seed has its run files; else "no files", or "0-4 without files"."""
   typed = c.typed_seeds
-  mark = ("" if not typed else "; no files (typed)" if len(typed) == len(seeds)
-          else f"; {_seed_ranges(typed)} without files (typed)")
-  return f"{len(seeds)} ({_seed_ranges(seeds)}), {how}{mark}"
+  if not typed:
+    return ""
+  if len(typed) == len(c.result.seeds):
+    return f"no {files}"
+  return f"{seeds}{_seed_ranges(typed)} without {files}"
 
 
 def command(c: Committed, loop: bool = False) -> str:
@@ -336,10 +344,9 @@ def readme_table() -> str:
     else:
       c = load(name)
       outcome = comparison(c, pub).split(":")[0].replace(" it", " their figure")
-      typed = c.typed_seeds
-      files = ("" if not typed else " (no run files)" if len(typed) == len(c.result.seeds)
-               else f" (seeds {_seed_ranges(typed)} without run files)")
-      ours = f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "") + files
+      missing = _without_files(c, files="run files", seeds="seeds ")
+      ours = (f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "")
+              + (f" ({missing})" if missing else ""))
     rows.append([f"`{name}`", pub["reproduces"], pub["model"], _figure_text(pub), ours])
   return report.markdown_table(header, rows)
 
