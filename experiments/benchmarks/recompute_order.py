@@ -15,62 +15,60 @@ checkpoint's statistics, with them recomputed in the stored order (the same, if 
 exact), and recomputed in `--orders` random orders of the same images.
 """
 
+import dataclasses
+
 import numpy as np
 from absl import flags
 
-from mnist_jax import cli, data, train
+from mnist_jax import cli, data, report, train
 from mnist_jax import config as config_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
 
 _ORDERS = flags.DEFINE_integer("orders", 3, "Random orders of the training images to try a run in.")
-_BATCH = 100  # the Ladder configs' batch
 
 
-def batch_variance(images: np.ndarray, order: np.ndarray) -> float:
+def batch_variance(images: np.ndarray, order: np.ndarray, batch: int) -> float:
   """Mean over pixels and over the batches of `order` of each batch's unbiased pixel variance."""
   x = images.reshape(images.shape[0], -1)[order].astype(np.float64)
-  usable = x.shape[0] // _BATCH * _BATCH
-  return float(x[:usable].reshape(-1, _BATCH, x.shape[1]).var(axis=1, ddof=1).mean())
+  usable = x.shape[0] // batch * batch
+  return float(x[:usable].reshape(-1, batch, x.shape[1]).var(axis=1, ddof=1).mean())
 
 
 def source_table() -> None:
-  print("| source | consecutive batches of 100 | random batches of 100 | ratio |")
+  config = config_lib.load("best_ladder")
+  batch = config.train.batch_size
+  print(f"| source | consecutive batches of {batch} | random batches of {batch} | ratio |")
   print("| --- | --- | --- | --- |")
   for source in data.SOURCES:
     if source == "auto":
       continue
-    config = config_lib.load("best_ladder")
     config.data.source = source
     images = data.load(config.data).train.images
-    stored = batch_variance(images, np.arange(images.shape[0]))
-    shuffled = batch_variance(images, np.random.default_rng(0).permutation(images.shape[0]))
+    stored = batch_variance(images, np.arange(images.shape[0]), batch)
+    shuffled = batch_variance(images, np.random.default_rng(0).permutation(images.shape[0]), batch)
     print(f"| `{source}` | {stored:.1f} | {shuffled:.1f} | {stored / shuffled:.4f} |")
 
 
-def run_errors(workdir: str, orders: int) -> list[int]:
+def run_errors(run: workdir_lib.Run, orders: int) -> list[int]:
   """Test errors (images) of the run: its checkpoint, recomputed in the stored order, then in
   `orders` random orders (keys 0, 1, ...)."""
-  run = workdir_lib.load_run(workdir)
-  config = run.config
-  if config.train.batchnorm_statistics != "recomputed" or run.splits.test is None:
-    raise ConfigError(f"{workdir} neither recomputes its BatchNorm statistics nor tests: "
+  config, test = run.config, run.splits.test
+  if config.train.batchnorm_statistics != "recomputed" or test is None:
+    raise ConfigError(f"{run.workdir} neither recomputes its BatchNorm statistics nor tests: "
                       f"give a finished run of a config with batchnorm_statistics=recomputed.")
   images = data.preprocess(run.splits.train.images, config.data.preprocess)
-  test = data.preprocess(run.splits.test.images, config.data.preprocess)
-  labels = np.asarray(run.splits.test.labels)
 
-  def errors(stats) -> int:
-    state = run.state if stats is None else run.state.replace(batch_stats=stats)
-    probs = train.predict_probabilities(state, test, config.train.eval_batch_size)
-    return int(np.sum(np.asarray(probs).argmax(axis=1) != labels))
+  def errors(state) -> int:
+    probs = report.probabilities(dataclasses.replace(run, state=state), test.images)
+    return int(np.sum(probs.argmax(axis=1) != np.asarray(test.labels)))
 
   permutations = [np.arange(images.shape[0])] + [
       np.random.default_rng(key).permutation(images.shape[0]) for key in range(orders)]
   with train.matmul_precision(config):
-    return [errors(None)] + [
-        errors(train.population_batch_stats(run.state, images[p], config.train.batch_size))
-        for p in permutations]
+    recomputed = [train.population_batch_stats(run.state, images[p], config.train.batch_size)
+                  for p in permutations]
+  return [errors(run.state)] + [errors(run.state.replace(batch_stats=s)) for s in recomputed]
 
 
 def main(workdirs: list[str]) -> int:
@@ -81,9 +79,9 @@ def main(workdirs: list[str]) -> int:
   print(f"\n| run | source | checkpoint | stored order | {' | '.join(randoms)} |")
   print("| --- " * (4 + len(randoms)) + "|")
   for workdir in workdirs:
-    source = workdir_lib.load_config(workdir).data.source
-    counts = run_errors(workdir, _ORDERS.value)
-    print(f"| {workdir} | `{source}` | " + " | ".join(str(n) for n in counts) + " |")
+    run = workdir_lib.load_run(workdir)
+    counts = run_errors(run, _ORDERS.value)
+    print(f"| {workdir} | `{run.config.data.source}` | " + " | ".join(map(str, counts)) + " |")
   return 0
 
 
