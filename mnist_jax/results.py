@@ -222,7 +222,7 @@ def seeds_text(c: Committed) -> str:
   """ "5 (0-4), one run each", "5 (0-4), vmapped", with the typed ones marked."""
   seeds = [s.seed for s in c.result.seeds]
   runs = _runs(c)
-  how = ("vmapped" if len(runs) == 1 and len(seeds) > 1 else "one run each"
+  how = ("one run" if len(seeds) == 1 else "vmapped" if len(runs) == 1 else "one run each"
          if all(n == 1 for _, n in runs) else f"in {len(runs)} runs")
   missing = _without_files(c)
   return f"{len(seeds)} ({_seed_ranges(seeds)}), {how}" + (f"; {missing} (typed)" if missing else "")
@@ -280,8 +280,10 @@ def comparison(c: Committed, pub: dict) -> str:
   """Where the published figure falls against our seeds' interval: a paper's mean against the
   95% interval of our mean; a single published run against the 95% prediction interval of one of
   our seeds."""
-  if "figure" not in pub or len(c.result.seeds) < 2:
+  if "figure" not in pub:
     return ""
+  if len(c.result.seeds) < 2:
+    return "not yet: one seed gives no interval"
   error = pub["metric"] == "error"
   stats = c.result.error() if error else c.result.stats("accuracy")
   if pub["figure_is"] == "one run":
@@ -305,9 +307,11 @@ def _ours(c: Committed, pub: dict, bold: bool = True) -> str:
   b = "**" if bold else ""
   if pub["metric"] == "accuracy":
     own, acc = _own_seed(c), c.result.stats("accuracy")
-    return (f"test accuracy {b}{own.metrics['accuracy']:.4f}{b} (seed {own.seed}); "
-            f"{acc.n} seeds {acc.mean:.4f} +- {acc.std:.4f}")
+    spread = f"; {acc.n} seeds {acc.mean:.4f} +- {acc.std:.4f}" if acc.n > 1 else ""
+    return f"test accuracy {b}{own.metrics['accuracy']:.4f}{b} (seed {own.seed}){spread}"
   error = c.result.error()
+  if error.n == 1:  # no spread yet: the seed, not a "+- nan"
+    return f"test error {b}{error.mean:.2f}%{b} (seed {c.result.seeds[0].seed} alone)"
   return f"test error {b}{error.mean:.2f}% +- {error.std:.2f}{b}"
 
 
@@ -344,6 +348,7 @@ def readme_table() -> str:
     else:
       c = load(name)
       outcome = comparison(c, pub).split(":")[0].replace(" it", " their figure")
+      outcome = "" if outcome == "not yet" else outcome  # "(seed K alone)" already says why
       missing = _without_files(c, files="run files", seeds="seeds ")
       ours = (f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "")
               + (f" ({missing})" if missing else ""))

@@ -142,6 +142,20 @@ def test_a_published_figure_is_worded_by_the_interval_it_falls_in(results_dir, t
   assert "5 (0-4), one run each; no files (typed)" == results.seeds_text(c)
 
 
+def test_a_config_with_one_seed_shows_that_seed_and_no_interval(results_dir):
+  (results_dir / "ladder_amlp_2_2").mkdir()
+  (results_dir / "ladder_amlp_2_2" / "typed.json").write_text(json.dumps({
+      "config": "ladder_amlp_2_2", "num_seeds": 1, "where": "a 2-core CPU",
+      "seeds": [{"seed": 3, "test_accuracy": 0.9944, "test_loss": 0.02, "tested_epoch": 150,
+                 "train_seconds": 1.0, "median_epoch_seconds": 1.0}]}))
+  row = next(line for line in results.summary_table().splitlines() if "`ladder_amlp_2_2`" in line)
+  assert ("| test error **0.56%** (seed 3 alone) | not yet: one seed gives no interval | "
+          "1 (3), one run; no files (typed) |") in row
+  readme = results.readme_table()
+  assert "[test error 0.56% (seed 3 alone)](experiments/RESULTS.md#" in readme
+  assert "nan" not in row + readme + results.seeds_section("ladder_amlp_2_2")
+
+
 def test_an_unknown_table_marker_is_refused():
   with pytest.raises(ResultError, match="Unknown table 'nonsense'"):
     results.render("<!-- table: nonsense -->\n| a |\n<!-- end table -->\n")
