@@ -19,12 +19,11 @@ judged against the second). It won by 7 validation images of 10,000, on one seed
 resolves about 0.1 point. So the test figure is not that of a choice made blind; RESULTS.md
 (best_ladder) has every seed, and the platforms on which it holds.
 
-    # one seed at a time (K = 0, 1, 2, 3, 4), the source pinned (it sets each seed's batch
-    # order), then their table:
+    # one seed at a time (K = 0 to 9: the paper's row is over 10 runs), the source pinned
+    # (it sets each seed's batch order), then their table:
     python -m mnist_jax.main --config=best_ladder --config.num_seeds=1 --config.seed=K \
         --config.data.source=tfds --workdir=runs/best_ladder-seedK
-    python -m mnist_jax.aggregate runs/best_ladder-seed0 runs/best_ladder-seed1 \
-        runs/best_ladder-seed2 runs/best_ladder-seed3 runs/best_ladder-seed4
+    python -m mnist_jax.aggregate runs/best_ladder-seed?
 
 Result, and the validation runs that chose the rate: experiments/RESULTS.md (best_ladder).
 """

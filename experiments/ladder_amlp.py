@@ -11,12 +11,11 @@ a per-unit MLP of (z~, u, z~ u): 4 leaky-ReLU hidden units, one output
 combinator is the row's; the denoising weights are Rasmus et al.'s, not the 2000 on the input and
 0 elsewhere that `ladder_amlp_2_2` takes from a secondary source for the AMLP[2,2] row.
 
-    # one seed at a time (K = 0, 1, 2, 3, 4), the source pinned (it sets each seed's batch
-    # order), then their table:
+    # one seed at a time (K = 0 to 9: the paper's row is over 10 runs), the source pinned
+    # (it sets each seed's batch order), then their table:
     python -m mnist_jax.main --config=ladder_amlp --config.num_seeds=1 --config.seed=K \
         --config.data.source=tfds --workdir=runs/ladder_amlp-seedK
-    python -m mnist_jax.aggregate runs/ladder_amlp-seed0 runs/ladder_amlp-seed1 \
-        runs/ladder_amlp-seed2 runs/ladder_amlp-seed3 runs/ladder_amlp-seed4
+    python -m mnist_jax.aggregate runs/ladder_amlp-seed?
 
 Result: experiments/RESULTS.md (ladder_amlp).
 """

@@ -16,12 +16,11 @@ github.com/cybertronai/sutro-problems (mnist/experiments/pmnist-transfer-2026092
 model-protocol.md), which cites section 4.2.3, Eq. 24, Table 2 and the supplement's Tables 4-5.
 The authors' public code (github.com/mpezeshki/ladder_network, 2015) predates the AMLP and has none.
 
-    # one seed at a time (K = 0, 1, 2, 3, 4), the source pinned (it sets each seed's batch
-    # order), then their table:
+    # one seed at a time (K = 0 to 9: the paper's row is over 10 runs), the source pinned
+    # (it sets each seed's batch order), then their table:
     python -m mnist_jax.main --config=ladder_amlp_2_2 --config.num_seeds=1 --config.seed=K \
         --config.data.source=tfds --workdir=runs/ladder_amlp_2_2-seedK
-    python -m mnist_jax.aggregate runs/ladder_amlp_2_2-seed0 runs/ladder_amlp_2_2-seed1 \
-        runs/ladder_amlp_2_2-seed2 runs/ladder_amlp_2_2-seed3 runs/ladder_amlp_2_2-seed4
+    python -m mnist_jax.aggregate runs/ladder_amlp_2_2-seed?
 
 Result: experiments/RESULTS.md (ladder_amlp and ladder_authors): not run yet.
 """
