@@ -22,7 +22,7 @@ The authors' public code (github.com/mpezeshki/ladder_network, 2015) predates th
         --config.data.source=tfds --workdir=runs/ladder_amlp_2_2-seedK
     python -m mnist_jax.aggregate runs/ladder_amlp_2_2-seed?
 
-Result: experiments/RESULTS.md (ladder_amlp and ladder_authors): not run yet.
+Result: experiments/RESULTS.md (ladder_amlp and ladder_authors).
 """
 
 from mnist_jax import config as config_lib
