@@ -347,8 +347,8 @@ def readme_table() -> str:
       ours = f"[{pub.get('status', 'no committed result').split(':')[0]}]({link})"
     else:
       c = load(name)
-      outcome = comparison(c, pub).split(":")[0].replace(" it", " their figure")
-      outcome = "" if outcome == "not yet" else outcome  # "(seed K alone)" already says why
+      outcome = (comparison(c, pub).split(":")[0].replace(" it", " their figure")
+                 if len(c.result.seeds) > 1 else "")  # one seed: "(seed K alone)" says it
       missing = _without_files(c, files="run files", seeds="seeds ")
       ours = (f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "")
               + (f" ({missing})" if missing else ""))
