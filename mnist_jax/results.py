@@ -276,14 +276,15 @@ def _own_seed(c: Committed) -> aggregate.SeedResult:
   return c.seed(config_lib.load(c.name).seed) or c.result.seeds[0]
 
 
-def comparison(c: Committed, pub: dict) -> str:
+def comparison(c: Committed, pub: dict) -> tuple[str, str]:
   """Where the published figure falls against our seeds' interval: a paper's mean against the
   95% interval of our mean; a single published run against the 95% prediction interval of one of
-  our seeds."""
+  our seeds. Returns (outcome, how): the outcome ("below it", "matches it" or "above it") is empty
+  where there is nothing to compare yet, and `how` then says why."""
   if "figure" not in pub:
-    return ""
+    return "", ""
   if len(c.result.seeds) < 2:
-    return "not yet: one seed gives no interval"
+    return "", "not yet: one seed gives no interval"
   error = pub["metric"] == "error"
   stats = c.result.error() if error else c.result.stats("accuracy")
   if pub["figure_is"] == "one run":
@@ -300,7 +301,12 @@ def comparison(c: Committed, pub: dict) -> str:
     outcome, relation = "above it", "is above"
   else:
     outcome, relation = "matches it", "contains"
-  return f"{outcome}: {what}, {fmt(low)}-{fmt(high)}, {relation} {fmt(figure)}"
+  return outcome, f"{what}, {fmt(low)}-{fmt(high)}, {relation} {fmt(figure)}"
+
+
+def comparison_text(c: Committed, pub: dict) -> str:
+  """The comparison as RESULTS.md's table words it: "below it: the 95% interval ..."."""
+  return ": ".join(part for part in comparison(c, pub) if part)
 
 
 def _ours(c: Committed, pub: dict, bold: bool = True) -> str:
@@ -333,7 +339,7 @@ def summary_table() -> str:
       continue
     c = load(name)
     rows.append([f"`{name}`", pub["reproduces"], _figure_text(pub), _ours(c, pub),
-                 comparison(c, pub), seeds_text(c), f"`{command(c)}`"])
+                 comparison_text(c, pub), seeds_text(c), f"`{command(c)}`"])
   return report.markdown_table(header, rows)
 
 
@@ -347,8 +353,7 @@ def readme_table() -> str:
       ours = f"[{pub.get('status', 'no committed result').split(':')[0]}]({link})"
     else:
       c = load(name)
-      outcome = (comparison(c, pub).split(":")[0].replace(" it", " their figure")
-                 if len(c.result.seeds) > 1 else "")  # one seed: "(seed K alone)" says it
+      outcome = comparison(c, pub)[0].replace(" it", " their figure")
       missing = _without_files(c, files="run files", seeds="seeds ")
       ours = (f"[{_ours(c, pub, bold=False)}]({link})" + (f", {outcome}" if outcome else "")
               + (f" ({missing})" if missing else ""))

@@ -129,14 +129,14 @@ def test_a_published_figure_is_worded_by_the_interval_it_falls_in(results_dir, t
                  "train_seconds": 1.0, "median_epoch_seconds": 1.0}
                 for k, e in enumerate((0.52, 0.55, 0.48, 0.53, 0.51))]}))
   c = results.load("best_ladder")
-  below = results.comparison(c, {"metric": "error", "figure": 0.569, "figure_is": "mean"})
+  below = results.comparison_text(c, {"metric": "error", "figure": 0.569, "figure_is": "mean"})
   assert below == "below it: the 95% interval of our mean, 0.486%-0.550%, is below 0.569%"
-  assert results.comparison(c, {"metric": "error", "figure": 0.54, "figure_is": "mean"}) \
+  assert results.comparison_text(c, {"metric": "error", "figure": 0.54, "figure_is": "mean"}) \
       .startswith("matches it: the 95% interval of our mean, 0.486%-0.550%, contains 0.540%")
-  assert results.comparison(c, {"metric": "error", "figure": 0.45, "figure_is": "mean"}) \
-      .startswith("above it")
+  assert results.comparison(c, {"metric": "error", "figure": 0.45, "figure_is": "mean"})[0] \
+      == "above it"
   # One published run is compared with where one of our seeds falls: a wider interval.
-  assert results.comparison(c, {"metric": "error", "figure": 0.569, "figure_is": "one run"}) \
+  assert results.comparison_text(c, {"metric": "error", "figure": 0.569, "figure_is": "one run"}) \
       .startswith("matches it: one seed's 95% prediction interval, 0.439%-0.597%, contains 0.569%")
   assert "| 0 | no files (typed) | 0.52% |" in results.seeds_section("best_ladder")
   assert "5 (0-4), one run each; no files (typed)" == results.seeds_text(c)
@@ -151,8 +151,9 @@ def test_a_config_with_one_seed_shows_that_seed_and_no_interval(results_dir):
   row = next(line for line in results.summary_table().splitlines() if "`ladder_amlp_2_2`" in line)
   assert ("| test error **0.56%** (seed 3 alone) | not yet: one seed gives no interval | "
           "1 (3), one run; no files (typed) |") in row
-  readme = results.readme_table()
+  readme = next(line for line in results.readme_table().splitlines() if "`ladder_amlp_2_2`" in line)
   assert "[test error 0.56% (seed 3 alone)](experiments/RESULTS.md#" in readme
+  assert "their figure," not in readme and "not yet" not in readme  # "alone" says it
   assert "nan" not in row + readme + results.seeds_section("ladder_amlp_2_2")
 
 
